@@ -1,0 +1,1 @@
+"""sparselens: measure how DeepSeek-style sparse attention works, and make it cheaper."""

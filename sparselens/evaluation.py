@@ -1,0 +1,102 @@
+"""Held-out evaluation: loss per content type at several lengths, and indexer recall against dense attention.
+
+Indexer recall of a DSA layer for query t: the share of the layer's dense attention mass (summed over heads and
+L1-normalised, from `hook_dense_pattern`) that falls on the keys the indexer selected (`hook_topk`); averaged over
+queries with t >= k, where selection is a real choice. The oracle is the mass on each query's own best k keys.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from sparselens.config import Preset
+from sparselens.data.dataset import CONTENT_TYPES, stack_tokens, validation_samples
+from sparselens.models import capture
+from sparselens.models.gpt import GPT
+
+
+def eval_lengths(preset: Preset) -> list[int]:
+    return [preset.train.seq_len * m for m in preset.eval.length_multipliers]
+
+
+def _batches(content_type: str, seq_len: int, n: int, batch_size: int):
+    samples = validation_samples(content_type, seq_len, n)
+    for i in range(0, len(samples), batch_size):
+        yield stack_tokens(samples[i : i + batch_size])  # [b, T + 1]
+
+
+@torch.no_grad()
+def loss_table(model: GPT, name: str, preset: Preset, run_id: str) -> pd.DataFrame:
+    """Mean next-token loss (nats, and bits per byte) per content type and length."""
+    rows = []
+    for seq_len in eval_lengths(preset):
+        for ct in CONTENT_TYPES:
+            total, count = 0.0, 0
+            for batch in _batches(ct, seq_len, preset.eval.n_samples, preset.eval.batch_size):
+                logits = model(batch[:, :-1])  # [b, T, V]
+                nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
+                total, count = total + nll.item(), count + batch[:, 1:].numel()
+            loss = total / count
+            rows.append({"run_id": run_id, "model": name, "content_type": ct, "seq_len": seq_len,
+                         "train_seq_len": preset.train.seq_len, "length_ratio": seq_len / preset.train.seq_len,
+                         "n_samples": preset.eval.n_samples, "loss": loss, "bits_per_byte": loss / math.log(2)})
+    return pd.DataFrame(rows)
+
+
+def recall_per_query(dense_pattern: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selected and oracle mass per query.
+
+    dense_pattern [B, H, T, S] (causal probabilities), idx [B, T, k] (-1 = none) -> (recall [B, T], oracle [B, T]).
+    """
+    p = dense_pattern.sum(1)  # [B, T, S]
+    p = p / p.sum(-1, keepdim=True)
+    picked = torch.gather(p, -1, idx.clamp(min=0)) * (idx >= 0)  # [B, T, k]
+    oracle = p.topk(min(idx.shape[-1], p.shape[-1]), dim=-1).values.sum(-1)  # [B, T]
+    return picked.sum(-1), oracle
+
+
+@torch.no_grad()
+def recall_table(model: GPT, name: str, preset: Preset, run_id: str) -> pd.DataFrame:
+    """Indexer recall and oracle recall per content type, length and layer (queries t >= k)."""
+    k, n_layers = model.cfg.topk, model.cfg.n_layers
+    names = [f"blocks.{i}.attn.hook_dense_pattern" for i in range(n_layers)]
+    names += [f"blocks.{i}.indexer.hook_topk" for i in range(n_layers)]
+    rows = []
+    for seq_len in eval_lengths(preset):
+        for ct in CONTENT_TYPES:
+            sums = torch.zeros(n_layers, 2, dtype=torch.float64)
+            n_queries = 0
+            for batch in _batches(ct, seq_len, preset.eval.recall_samples, preset.eval.batch_size):
+                cache = capture(model, batch[:, :-1], names)
+                for layer in range(n_layers):
+                    recall, oracle = recall_per_query(cache[names[layer]], cache[names[n_layers + layer]])
+                    sums[layer, 0] += recall[:, k:].sum().item()
+                    sums[layer, 1] += oracle[:, k:].sum().item()
+                n_queries += batch.shape[0] * max(0, seq_len - k)
+            for layer in range(n_layers):
+                rows.append({"run_id": run_id, "model": name, "content_type": ct, "seq_len": seq_len,
+                             "layer": layer, "topk": k, "recall": (sums[layer, 0] / max(1, n_queries)).item(),
+                             "oracle_recall": (sums[layer, 1] / max(1, n_queries)).item(), "n_queries": n_queries})
+    return pd.DataFrame(rows)
+
+
+def evaluate_run(store, preset: Preset) -> dict[str, pd.DataFrame]:
+    """Evaluate the run's dense baseline and DSA model; writes and returns eval_loss and indexer_recall."""
+    models = {name: store.load_model(name) for name in ("dense", "dsa")}
+    losses = pd.concat([loss_table(m, n, preset, store.run_id) for n, m in models.items()], ignore_index=True)
+    recall = recall_table(models["dsa"], "dsa", preset, store.run_id)
+    store.write_table("eval_loss", losses)
+    store.write_table("indexer_recall", recall)
+    return {"eval_loss": losses, "indexer_recall": recall}
+
+
+def summary(losses: pd.DataFrame, recall: pd.DataFrame, train_seq_len: int) -> pd.DataFrame:
+    """Per content type at the training length: dense and DSA loss, their ratio, mean recall and oracle."""
+    at_t = losses[losses.seq_len == train_seq_len].pivot(index="content_type", columns="model", values="loss")
+    at_t["ratio"] = at_t["dsa"] / at_t["dense"]
+    rec = recall[recall.seq_len == train_seq_len].groupby("content_type")[["recall", "oracle_recall"]].mean()
+    return at_t.join(rec)
