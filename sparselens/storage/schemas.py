@@ -1,0 +1,108 @@
+"""Parquet table schemas, declared once.
+
+Columns are snake_case. Key and count columns are non-nullable; measurement columns are nullable because pandas
+NaN (a diverged loss, a metric that does not apply) is stored as null and read back as NaN. Each field carries a
+`doc` metadata entry with its meaning and unit, which travels into the Parquet files.
+
+A later phase adds its tables with `register_schema("query_stats", pa.schema([...]))` at import time of its own
+module, or by extending `SCHEMAS` below; `RunStore.write_table` validates against whatever is registered and
+writes undeclared tables with their inferred schema.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+_SNAKE = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def field(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
+    """A schema field with its documentation (meaning, unit) in the field metadata under `doc`."""
+    if not _SNAKE.match(name):
+        raise ValueError(f"column {name!r} is not snake_case; rename it (lowercase letters, digits, underscores)")
+    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
+
+
+def _key(name: str, type_: pa.DataType, doc: str) -> pa.Field:
+    return field(name, type_, doc, nullable=False)
+
+
+RUN_ID = _key("run_id", pa.string(), "run identifier, the directory name under runs/")
+MODEL = _key("model", pa.string(), "model name: 'dense', 'dsa', or a candidate's name")
+CONTENT_TYPE = _key("content_type", pa.string(), "held-out corpus or synthetic task the samples come from")
+SEQ_LEN = _key("seq_len", pa.int32(), "evaluated sequence length, tokens (bytes)")
+LAYER = _key("layer", pa.int32(), "transformer block index, 0-based")
+
+TRAIN_LOG = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        _key("stage", pa.string(), "'pretrain' | 'dense_continue' | 'warmup' | 'sparse'"),
+        _key("step", pa.int64(), "optimizer step within the stage, 0-based"),
+        field("loss", pa.float64(), "total training loss of the step, nats"),
+        field("lm_loss", pa.float64(), "next-token cross-entropy, nats per token"),
+        field("kl_loss", pa.float64(), "indexer KL(p || softmax(I)), nats; null for stages without an indexer loss"),
+        field("lr", pa.float64(), "learning rate used for the step"),
+        _key("tokens_seen", pa.int64(), "tokens consumed in the stage up to and including this step"),
+        field("wall_s", pa.float64(), "wall-clock seconds since the stage started"),
+    ]
+)
+
+EVAL_LOSS = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        CONTENT_TYPE,
+        SEQ_LEN,
+        _key("train_seq_len", pa.int32(), "sequence length the model was trained at, tokens"),
+        field("length_ratio", pa.float64(), "seq_len / train_seq_len"),
+        _key("n_samples", pa.int32(), "number of evaluated sequences"),
+        field("loss", pa.float64(), "mean next-token cross-entropy, nats per token"),
+        field("bits_per_byte", pa.float64(), "loss / ln(2); tokens are bytes"),
+    ]
+)
+
+INDEXER_RECALL = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        CONTENT_TYPE,
+        SEQ_LEN,
+        LAYER,
+        _key("topk", pa.int32(), "number of keys the indexer selects per query"),
+        field("recall", pa.float64(), "dense attention mass covered by the indexer's top-k, mean over queries"),
+        field("oracle_recall", pa.float64(), "mass covered by the best possible k keys (dense top-k), same queries"),
+        _key("n_queries", pa.int64(), "number of queries averaged"),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "train_log": TRAIN_LOG,
+    "eval_loss": EVAL_LOSS,
+    "indexer_recall": INDEXER_RECALL,
+}
+
+
+def register_schema(name: str, schema: pa.Schema) -> pa.Schema:
+    """Declare the schema of table `name`; re-registering the identical schema is a no-op.
+
+    Raises ValueError when `name` or a column is not snake_case, or when `name` is already declared differently
+    (extend the existing declaration instead of shadowing it).
+    """
+    if not _SNAKE.match(name):
+        raise ValueError(f"table name {name!r} is not snake_case; use lowercase letters, digits and underscores")
+    bad = [f.name for f in schema if not _SNAKE.match(f.name)]
+    if bad:
+        raise ValueError(f"schema {name!r} has columns that are not snake_case: {bad}")
+    old = SCHEMAS.get(name)
+    if old is not None and not old.equals(schema):
+        raise ValueError(f"table {name!r} is already declared with a different schema in sparselens.storage.schemas")
+    SCHEMAS[name] = schema
+    return schema
+
+
+def is_snake_case(name: str) -> bool:
+    """True for names that follow the column and table naming convention."""
+    return bool(_SNAKE.match(name))
