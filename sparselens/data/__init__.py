@@ -4,6 +4,7 @@ from sparselens.data.corpora import CORPORA, SPLITS, VALIDATION_FRACTION, Docume
 from sparselens.data.dataset import (
     CONTENT_TYPES,
     Sample,
+    check_content_type,
     normalize_mix,
     sample_window,
     stack_tokens,
@@ -24,6 +25,7 @@ __all__ = [
     "Document",
     "Sample",
     "TaskSample",
+    "check_content_type",
     "corpus_stream",
     "decode",
     "encode",
