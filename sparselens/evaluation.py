@@ -84,6 +84,21 @@ def recall_table(model: GPT, name: str, preset: Preset, run_id: str) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+@torch.no_grad()
+def indexer_kl(model: GPT, preset: Preset, n_samples: int | None = None) -> float:
+    """Validation KL(p || softmax(I)) of a DSA model's indexers against its dense attention, at the training length.
+
+    Mean over layers, queries and content types (the warm-up objective, measured on held-out samples).
+    """
+    n = n_samples or preset.eval.n_samples
+    total, count = 0.0, 0
+    for ct in CONTENT_TYPES:
+        for batch in _batches(ct, preset.train.seq_len, n, preset.eval.batch_size):
+            _, kl = model(batch[:, :-1], mode="dense_kl", return_kl=True)
+            total, count = total + kl.item() * batch.shape[0], count + batch.shape[0]
+    return total / count
+
+
 def evaluate_run(store, preset: Preset) -> dict[str, pd.DataFrame]:
     """Evaluate the run's dense baseline and DSA model; writes and returns eval_loss and indexer_recall."""
     models = {name: store.load_model(name) for name in ("dense", "dsa")}

@@ -1,0 +1,72 @@
+"""Foundation acceptance: run the `quick` preset end to end and print quality, recall and wall time.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/quick_run.py [--root DIR] [--run-id ID] [--report-only]
+
+Runs `sparselens run --preset quick` in a subprocess (timed, Prefect included), then reads the run's tables and
+prints, per content type at the training length, DSA loss / equal-step dense loss (target <= 1.03), and per layer
+the indexer recall at k = T/8 against the oracle (target >= 0.85, or within 0.05 of an oracle below 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from sparselens.runs import run_preset
+from sparselens.storage import RunStore
+from sparselens.viz.markdown import markdown_table
+
+LOSS_RATIO_MAX = 1.03
+TIME_MAX_S = 15 * 60
+
+
+def recall_ok(recall: float, oracle: float) -> bool:
+    return recall >= 0.85 or (oracle < 0.9 and recall >= oracle - 0.05)
+
+
+def report(store: RunStore, wall_s: float | None) -> bool:
+    preset = run_preset(store)
+    t = preset.train.seq_len
+    losses, recall = store.read_table("eval_loss"), store.read_table("indexer_recall")
+    table = losses.pivot_table(index=["content_type", "seq_len"], columns="model", values="loss").reset_index()
+    table["ratio"] = table["dsa"] / table["dense"]
+    print(f"## Loss (nats/byte), dense = equal-step baseline; target at T={t}: ratio <= {LOSS_RATIO_MAX}\n")
+    print(markdown_table(table))
+    at_t = recall[recall.seq_len == t]
+    layers = at_t.groupby("layer")[["recall", "oracle_recall"]].mean().reset_index()
+    layers["ok"] = [recall_ok(r, o) for r, o in zip(layers.recall, layers.oracle_recall, strict=True)]
+    print(f"\n## Indexer recall at T={t}, k={preset.model.topk} (mean over content types, queries t >= k)\n")
+    print(markdown_table(layers))
+    by_len = recall.groupby(["seq_len", "layer"])[["recall", "oracle_recall"]].mean().reset_index()
+    print("\n## Recall by length\n")
+    print(markdown_table(by_len))
+    ratio_ok = bool((table[table.seq_len == t]["ratio"] <= LOSS_RATIO_MAX).all())
+    time_ok = wall_s is None or wall_s <= TIME_MAX_S
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"wall time train+evaluate: {'n/a' if wall_s is None else f'{wall_s:.0f} s'}")
+    print(f"loss ratio ok: {ratio_ok}; recall ok: {bool(layers.ok.all())}; time ok: {time_ok}")
+    return ratio_ok and bool(layers.ok.all()) and time_ok
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--root", default="./sparselens-data")
+    ap.add_argument("--run-id", default=f"quick-bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    ap.add_argument("--report-only", action="store_true", help="only print the tables of an existing run")
+    args = ap.parse_args()
+    wall = None
+    if not args.report_only:
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "sparselens.cli", "run", "--preset", "quick", "--root", args.root,
+               "--run-id", args.run_id]
+        subprocess.run(cmd, check=True)
+        wall = time.perf_counter() - t0
+    return 0 if report(RunStore(args.root, args.run_id), wall) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
