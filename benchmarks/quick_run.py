@@ -46,8 +46,10 @@ def report(store: RunStore, wall_s: float | None) -> bool:
     print(markdown_table(by_len))
     ratio_ok = bool((table[table.seq_len == t]["ratio"] <= LOSS_RATIO_MAX).all())
     time_ok = wall_s is None or wall_s <= TIME_MAX_S
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"wall time train+evaluate: {'n/a' if wall_s is None else f'{wall_s:.0f} s'}")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"wall time train+evaluate: {'n/a' if wall_s is None else f'{wall_s:.0f} s'}"
+    )
     print(f"loss ratio ok: {ratio_ok}; recall ok: {bool(layers.ok.all())}; time ok: {time_ok}")
     return ratio_ok and bool(layers.ok.all()) and time_ok
 
@@ -61,8 +63,18 @@ def main() -> int:
     wall = None
     if not args.report_only:
         t0 = time.perf_counter()
-        cmd = [sys.executable, "-m", "sparselens.cli", "run", "--preset", "quick", "--root", args.root,
-               "--run-id", args.run_id]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sparselens.cli",
+            "run",
+            "--preset",
+            "quick",
+            "--root",
+            args.root,
+            "--run-id",
+            args.run_id,
+        ]
         subprocess.run(cmd, check=True)
         wall = time.perf_counter() - t0
     return 0 if report(RunStore(args.root, args.run_id), wall) else 1

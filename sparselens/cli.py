@@ -22,8 +22,14 @@ from sparselens.storage import DEFAULT_ROOT, CorruptCheckpointError, RunNotFound
 from sparselens.training import StageNotDoneError, TrainingDivergedError
 
 PHASES = ("train", "evaluate")
-USER_ERRORS = (ConfigError, RunNotFoundError, CorruptCheckpointError, StageNotDoneError, TrainingDivergedError,
-               FileExistsError)
+USER_ERRORS = (
+    ConfigError,
+    RunNotFoundError,
+    CorruptCheckpointError,
+    StageNotDoneError,
+    TrainingDivergedError,
+    FileExistsError,
+)
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # the first start migrates a database (~20 s)

@@ -139,8 +139,17 @@ PRESETS: dict[str, Preset] = {
         description="Tests: a 2-layer d=32 model, 60 dense + 60 warm-up + 20 sparse steps; seconds on a CPU.",
         model=ModelConfig(n_layers=2, d_model=32, n_heads=2, max_seq_len=256, indexer_heads=2, indexer_dim=8, topk=8),
         train=TrainConfig(
-            seq_len=64, batch_size=4, dense_steps=60, warmup_steps=60, sparse_steps=20, lr=1e-2,
-            lr_warmup_steps=5, resume_warmup_steps=2, indexer_lr=1e-2, checkpoint_every=10, log_every=10,
+            seq_len=64,
+            batch_size=4,
+            dense_steps=60,
+            warmup_steps=60,
+            sparse_steps=20,
+            lr=1e-2,
+            lr_warmup_steps=5,
+            resume_warmup_steps=2,
+            indexer_lr=1e-2,
+            checkpoint_every=10,
+            log_every=10,
         ),
         eval=EvalConfig(length_multipliers=(1, 2), n_samples=2, batch_size=2, recall_samples=2),
     ),
@@ -164,8 +173,17 @@ PRESETS: dict[str, Preset] = {
             n_layers=8, d_model=512, n_heads=8, max_seq_len=8192, indexer_heads=8, indexer_dim=64, topk=256
         ),
         train=TrainConfig(
-            seq_len=2048, batch_size=32, dense_steps=10_000, warmup_steps=1_000, sparse_steps=4_000, lr=1e-3,
-            lr_warmup_steps=500, resume_warmup_steps=100, indexer_lr=1e-3, checkpoint_every=500, log_every=50,
+            seq_len=2048,
+            batch_size=32,
+            dense_steps=10_000,
+            warmup_steps=1_000,
+            sparse_steps=4_000,
+            lr=1e-3,
+            lr_warmup_steps=500,
+            resume_warmup_steps=100,
+            indexer_lr=1e-3,
+            checkpoint_every=500,
+            log_every=50,
         ),
         eval=EvalConfig(n_samples=64, batch_size=4, recall_samples=16),
     ),
@@ -187,8 +205,11 @@ def preset_from_dict(data: dict) -> Preset:
     ev = dict(data["eval"])
     ev["length_multipliers"] = tuple(ev["length_multipliers"])
     return Preset(
-        name=data["name"], description=data["description"], model=ModelConfig(**data["model"]),
-        train=TrainConfig(**train), eval=EvalConfig(**ev),
+        name=data["name"],
+        description=data["description"],
+        model=ModelConfig(**data["model"]),
+        train=TrainConfig(**train),
+        eval=EvalConfig(**ev),
     )
 
 

@@ -41,9 +41,19 @@ def loss_table(model: GPT, name: str, preset: Preset, run_id: str) -> pd.DataFra
                 nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
                 total, count = total + nll.item(), count + batch[:, 1:].numel()
             loss = total / count
-            rows.append({"run_id": run_id, "model": name, "content_type": ct, "seq_len": seq_len,
-                         "train_seq_len": preset.train.seq_len, "length_ratio": seq_len / preset.train.seq_len,
-                         "n_samples": preset.eval.n_samples, "loss": loss, "bits_per_byte": loss / math.log(2)})
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "model": name,
+                    "content_type": ct,
+                    "seq_len": seq_len,
+                    "train_seq_len": preset.train.seq_len,
+                    "length_ratio": seq_len / preset.train.seq_len,
+                    "n_samples": preset.eval.n_samples,
+                    "loss": loss,
+                    "bits_per_byte": loss / math.log(2),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -78,9 +88,19 @@ def recall_table(model: GPT, name: str, preset: Preset, run_id: str) -> pd.DataF
                     sums[layer, 1] += oracle[:, k:].sum().item()
                 n_queries += batch.shape[0] * max(0, seq_len - k)
             for layer in range(n_layers):
-                rows.append({"run_id": run_id, "model": name, "content_type": ct, "seq_len": seq_len,
-                             "layer": layer, "topk": k, "recall": (sums[layer, 0] / max(1, n_queries)).item(),
-                             "oracle_recall": (sums[layer, 1] / max(1, n_queries)).item(), "n_queries": n_queries})
+                rows.append(
+                    {
+                        "run_id": run_id,
+                        "model": name,
+                        "content_type": ct,
+                        "seq_len": seq_len,
+                        "layer": layer,
+                        "topk": k,
+                        "recall": (sums[layer, 0] / max(1, n_queries)).item(),
+                        "oracle_recall": (sums[layer, 1] / max(1, n_queries)).item(),
+                        "n_queries": n_queries,
+                    }
+                )
     return pd.DataFrame(rows)
 
 

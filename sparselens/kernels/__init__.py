@@ -100,8 +100,8 @@ def sparse_attention(
 ) -> torch.Tensor:
     """Attention over selected keys: q [B,T,H,D], k/v [B,S,H,D], indices [B,T,K] (shared by heads) -> [B,T,H,D].
 
-    Indices outside [0, S) (e.g. -1) are ignored; a query with no valid index returns zeros; scale defaults to
-    D ** -0.5. Differentiable in q, k, v on every backend.
+    A row of indices is a set (a repeated index counts once); indices outside [0, S) (e.g. -1) are ignored; a
+    query with no valid index returns zeros; scale defaults to D ** -0.5. Differentiable in q, k, v everywhere.
     """
     return _impl("sparse_attention", q.device, backend)(q, k, v, indices, scale=scale)
 

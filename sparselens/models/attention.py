@@ -88,7 +88,8 @@ class Attention(nn.Module):
         p = probs.detach().sum(1)  # [B, T, T]
         p = p / p.sum(-1, keepdim=True)
         qi, ki, wi = indexer.project(h.detach(), cos_i, sin_i)
-        indexer.select(qi.detach(), ki.detach(), wi.detach())  # fires the selection hooks; no gradient
+        if indexer.hooks_active:
+            indexer.select(qi.detach(), ki.detach(), wi.detach())  # only to feed the indexer hooks
         kl = kl_to_target(p, indexer.dense_logits(qi, ki, wi))
         return torch.einsum("bhts,bshd->bthd", probs, v), kl
 

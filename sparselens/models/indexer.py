@@ -31,6 +31,11 @@ class Indexer(nn.Module):
         self.hook_weights = HookPoint("[B, Q, HI]")
         self.hook_topk = HookPoint("[B, Q, k] int64, -1 = none")
 
+    @property
+    def hooks_active(self) -> bool:
+        hooks = (self.hook_scores, self.hook_head_scores, self.hook_weights, self.hook_topk)
+        return any(h.active for h in hooks)
+
     def project(
         self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -78,10 +78,87 @@ INDEXER_RECALL = pa.schema(
     ]
 )
 
+SAMPLE_ID = _key("sample_id", pa.string(), "validation sample id, f'{content_type}-{seq_len}-{i}'")
+HEAD = _key("head", pa.int32(), "main attention head index, 0-based")
+QUERY_POS = _key("query_pos", pa.int32(), "query position t, 0-based; it sees keys 0..t")
+INDEXER_HEAD = _key("indexer_head", pa.int32(), "indexer head index, 0-based; -1 = the combined score I(t,s)")
+CAPTURE_KEYS = [RUN_ID, MODEL, CONTENT_TYPE, SEQ_LEN, SAMPLE_ID, LAYER]
+CAPTURE_PARTITIONS = ["model", "seq_len", "layer"]  # hive directories of every capture table
+
+QUERY_STATS = pa.schema(
+    [
+        *CAPTURE_KEYS,
+        HEAD,
+        QUERY_POS,
+        field("entropy", pa.float32(), "entropy of the attention row actually used, nats"),
+        field("max_weight", pa.float32(), "largest attention weight of the row"),
+        field("sink_mass", pa.float32(), "attention mass on the first 4 keys"),
+        field("local_mass", pa.float32(), "attention mass on the last 16 keys up to and including the query"),
+        field("mean_distance", pa.float32(), "sum_s a(t,s) * (t - s), tokens"),
+        _key("k90", pa.int32(), "fewest keys holding 90% of the row's mass"),
+        _key("k95", pa.int32(), "fewest keys holding 95% of the row's mass"),
+        field("recall", pa.float32(), "DSA: dense mass (summed over heads, normalised) on the selected keys"),
+        field("oracle_recall", pa.float32(), "DSA: dense mass on the best k keys (same normalisation)"),
+        field("head_recall", pa.float32(), "DSA: this head's dense attention mass on the selected keys"),
+        field("needed_recall", pa.float32(), "DSA, synthetic: fraction of ground-truth needed keys selected"),
+        field("n_needed", pa.int32(), "synthetic: number of ground-truth needed keys; null for text"),
+    ]
+)
+
+ATTENTION_TOPK = pa.schema(
+    [
+        *CAPTURE_KEYS,
+        HEAD,
+        QUERY_POS,
+        _key("keys", pa.list_(pa.int32()), "the (up to) top-m key positions by weight, descending weight"),
+        _key("weights", pa.list_(pa.float32()), "their attention weights (only weights > 0 are kept)"),
+        field("mass", pa.float32(), "sum of the kept weights: the share of the row the list redraws"),
+    ]
+)
+
+INDEXER_STATS = pa.schema(
+    [
+        *CAPTURE_KEYS,
+        INDEXER_HEAD,
+        QUERY_POS,
+        field("weight", pa.float32(), "head weight w(t, j) (already scaled by (HI*DI)^-1/2); null for -1"),
+        field("score_mean", pa.float32(), "mean over allowed keys of w*ReLU(q.k) (or of I for head -1)"),
+        field("score_max", pa.float32(), "max over allowed keys"),
+        field("score_q50", pa.float32(), "median over allowed keys (linear interpolation)"),
+        field("score_q90", pa.float32(), "90th percentile over allowed keys"),
+        field("score_q99", pa.float32(), "99th percentile over allowed keys"),
+        field("active_frac", pa.float32(), "fraction of allowed keys with a non-zero score (ReLU active)"),
+        _key("keys_50", pa.int32(), "fewest keys holding 50% of softmax(score) over allowed keys"),
+        _key("keys_90", pa.int32(), "fewest keys holding 90% of softmax(score)"),
+        _key("keys_99", pa.int32(), "fewest keys holding 99% of softmax(score)"),
+        field(
+            "main_head_corr",
+            pa.list_(pa.float32()),
+            "per main head h: Pearson correlation over allowed keys of this score row with the DSA model's "
+            "dense attention row of head h (NaN where a row is constant)",
+        ),
+    ]
+)
+
+SELECTIONS = pa.schema(
+    [
+        *CAPTURE_KEYS,
+        QUERY_POS,
+        _key("token", pa.int16(), "input byte at query_pos (the text, so views need no corpus)"),
+        _key("selected", pa.list_(pa.int32()), "key positions the indexer selected, ascending"),
+        field("needed", pa.list_(pa.int32()), "synthetic: ground-truth needed key positions; null for text"),
+        _key("n_selected", pa.int32(), "number of selected keys (k, or t + 1 when fewer are allowed)"),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "train_log": TRAIN_LOG,
     "eval_loss": EVAL_LOSS,
     "indexer_recall": INDEXER_RECALL,
+    "query_stats": QUERY_STATS,
+    "attention_topk": ATTENTION_TOPK,
+    "indexer_stats": INDEXER_STATS,
+    "selections": SELECTIONS,
 }
 
 

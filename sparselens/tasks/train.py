@@ -37,8 +37,15 @@ def train_stage_task(root: str, run_id: str, stage: str) -> int:
     logger = get_run_logger()
 
     def progress(row: dict) -> None:
-        logger.info("%s step %d loss %.4f lm %.4f lr %.2e (%.0f s)", row["stage"], row["step"], row["loss"],
-                    row["lm_loss"], row["lr"], row["wall_s"])
+        logger.info(
+            "%s step %d loss %.4f lm %.4f lr %.2e (%.0f s)",
+            row["stage"],
+            row["step"],
+            row["loss"],
+            row["lm_loss"],
+            row["lr"],
+            row["wall_s"],
+        )
 
     return len(train_stage(store, run_preset(store), stage, progress))
 

@@ -24,8 +24,10 @@ class TrainingDivergedError(FloatingPointError):
 def _optimizer(model: GPT, spec: StageSpec, preset: Preset) -> torch.optim.AdamW:
     tc = preset.train
     groups = []
-    for params, lr, on in ((model.main_parameters(), tc.lr, spec.train_main),
-                           (model.indexer_parameters(), tc.indexer_lr, spec.train_indexer)):
+    for params, lr, on in (
+        (model.main_parameters(), tc.lr, spec.train_main),
+        (model.indexer_parameters(), tc.indexer_lr, spec.train_indexer),
+    ):
         for p in params:
             p.requires_grad_(on)
         if not on or not params:
@@ -109,8 +111,15 @@ def run_stage(
             if progress is not None:
                 progress(row)
         if done % tc.checkpoint_every == 0 or done == spec.steps:
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                     "step": done, "data_step": g + 1, "log": rows, "wall_s": time.perf_counter() - t0}
+            state = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rng": torch.get_rng_state(),
+                "step": done,
+                "data_step": g + 1,
+                "log": rows,
+                "wall_s": time.perf_counter() - t0,
+            }
             store.save_checkpoint(spec.model_name, spec.stage, done, state)
     model.eval()
     return rows
@@ -119,7 +128,14 @@ def run_stage(
 def _log_row(run_id, spec: StageSpec, g: int, losses: dict, lr: float, tokens: int, wall: float) -> dict:
     kl = losses["kl_loss"]
     return {
-        "run_id": run_id, "model": spec.model_name, "stage": spec.stage, "step": g,
-        "loss": float(losses["loss"].detach()), "lm_loss": float(losses["lm_loss"].detach()),
-        "kl_loss": None if kl is None else float(kl.detach()), "lr": lr, "tokens_seen": tokens, "wall_s": wall,
+        "run_id": run_id,
+        "model": spec.model_name,
+        "stage": spec.stage,
+        "step": g,
+        "loss": float(losses["loss"].detach()),
+        "lm_loss": float(losses["lm_loss"].detach()),
+        "kl_loss": None if kl is None else float(kl.detach()),
+        "lr": lr,
+        "tokens_seen": tokens,
+        "wall_s": wall,
     }

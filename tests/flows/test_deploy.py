@@ -59,12 +59,22 @@ asyncio.run(main())
 @pytest.fixture()
 def prefect_server(tmp_path):
     port = _free_port()
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"),
-               PREFECT_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_ENABLED="false", OMP_WAIT_POLICY="PASSIVE")
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        OMP_WAIT_POLICY="PASSIVE",
+    )
     log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         _wait_healthy(env["PREFECT_API_URL"], server)
         yield env

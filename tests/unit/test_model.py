@@ -62,9 +62,15 @@ def test_hooks_have_documented_shapes_and_sparse_pattern_is_zero_off_selection()
     model = make("dsa", topk=5)
     tokens = torch.randint(0, 256, (2, 23))
     names = hook_names(model)
-    for want in ("blocks.1.attn.hook_attn_scores", "blocks.1.attn.hook_pattern", "blocks.1.attn.hook_dense_pattern",
-                 "blocks.1.indexer.hook_scores", "blocks.1.indexer.hook_head_scores", "blocks.1.indexer.hook_weights",
-                 "blocks.1.indexer.hook_topk"):
+    for want in (
+        "blocks.1.attn.hook_attn_scores",
+        "blocks.1.attn.hook_pattern",
+        "blocks.1.attn.hook_dense_pattern",
+        "blocks.1.indexer.hook_scores",
+        "blocks.1.indexer.hook_head_scores",
+        "blocks.1.indexer.hook_weights",
+        "blocks.1.indexer.hook_topk",
+    ):
         assert want in names
     c = capture(model, tokens, None)
     assert c["blocks.0.attn.hook_pattern"].shape == (2, 2, 23, 23)
