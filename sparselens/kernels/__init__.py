@@ -3,8 +3,8 @@
 Every op takes `backend=None | "reference" | "cpu" | "triton"`:
 
 - `"reference"`: plain torch fp32 (`<op>/reference.py`), the specification; autograd gives the backward.
-- `"cpu"`: the CPU fast path (`<op>/cpu.py`): numba kernels when numba is importable, else a chunked pure-torch
-  fallback; sparse attention and indexer scores carry their own backward. CPU tensors only.
+- `"cpu"`: the CPU fast path (`<op>/cpu.py`): C kernels compiled on first use (`_native/`, needs a C compiler),
+  else a pure-torch fallback; sparse attention and indexer scores carry their own backward. CPU tensors only.
 - `"triton"`: Triton kernels (`<op>/triton.py`) for CUDA tensors, or CPU tensors under `TRITON_INTERPRET=1`.
   Selection has no Triton kernel: on `"triton"` it runs `torch.topk`, which is the fast path on a GPU.
 - `None`: the fastest correct backend for the tensors' device: `"cpu"` on CPU, `"triton"` on CUDA when Triton is

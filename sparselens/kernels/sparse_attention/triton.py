@@ -1,0 +1,297 @@
+"""Triton sparse attention: block-sparse tensor-core tiles with an exact per-query key mask.
+
+Selections are turned into (a) a bitmap per query over keys (32 keys per int32 word) and (b) for every block of
+BM consecutive queries, the list of BN-key blocks that any of them selected (and its transpose). A forward
+program owns one (query block, head) and runs flash attention over its listed key blocks only, masking each
+[BM, BN] tile with the queries' bitmap words, so the result is exact while the products run on tensor cores over
+contiguous K/V tiles. The backward is split like FlashAttention-2: dq per (query block, head) over the same
+list, dk/dv per (key block, head) over the transposed list, so no atomics are needed. The cost is proportional
+to the touched tiles: local or clustered selections (what trained indexers pick) skip most of the causal
+triangle, scattered random selections touch nearly every block and cost about as much as dense attention.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from sparselens.kernels._checks import check_attention_args, empty_output
+from sparselens.kernels.sparse_attention.reference import canonical_indices
+
+BLOCK_M = 64  # queries per tile (>= 16 for tensor cores); smaller blocks touch fewer key blocks
+BLOCK_N = 64  # keys per tile (16, 32 or 64); smaller tiles waste less on scattered selections
+
+
+@triton.jit
+def _tile_mask(words_ptr, b, o_m, m_m, kb, T, NW, BN: tl.constexpr):
+    """[BM, BN] bool: query o_m selected key kb * BN + j (bit of its bitmap), from one or two words per query."""
+    o_j = tl.arange(0, BN)
+    w_first = kb * BN // 32
+    p_row = words_ptr + (b * T + o_m) * NW + w_first  # [BM]
+    if BN == 64:
+        w0 = tl.load(p_row, mask=m_m, other=0)
+        w1 = tl.load(p_row + 1, mask=m_m & (w_first + 1 < NW), other=0)
+        b_w = tl.where(o_j[None, :] < 32, w0[:, None], w1[:, None])  # [BM, BN]
+        shift = o_j % 32
+    else:
+        b_w = tl.load(p_row, mask=m_m, other=0)[:, None]  # [BM, 1]
+        shift = (kb * BN) % 32 + o_j
+    return ((b_w >> shift[None, :]) & 1) != 0
+
+
+@triton.jit
+def _sparse_attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, words_ptr, cnt_ptr, list_ptr, o_ptr, lse_ptr,
+    T, S, H, D, NW, NQB, NKB, scale,
+    IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+):  # fmt: skip
+    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    b, h = (bh // H).to(tl.int64), bh % H
+    o_m = pid_m * BM + tl.arange(0, BM)
+    o_d = tl.arange(0, BD)
+    m_m, m_d = o_m < T, o_d < D
+    p_q = q_ptr + ((b * T + o_m[:, None]) * H + h) * D + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    acc = tl.zeros([BM, BD], dtype=tl.float32)
+    qk_scale = scale * 1.4426950408889634  # exp(x) = exp2(x log2 e)
+    n_blocks = tl.load(cnt_ptr + b * NQB + pid_m)
+    for i in range(n_blocks):
+        kb = tl.load(list_ptr + (b * NQB + pid_m) * NKB + i)
+        o_n = kb * BN + tl.arange(0, BN)
+        m_n = o_n < S
+        p_kv = ((b * S + o_n[:, None]) * H + h) * D + o_d[None, :]
+        b_k = tl.load(k_ptr + p_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
+        b_v = tl.load(v_ptr + p_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
+        if IEEE:
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * qk_scale  # [BM, BN], log2 units
+        else:
+            b_s = tl.dot(b_q, tl.trans(b_k)) * qk_scale
+        b_s = tl.where(_tile_mask(words_ptr, b, o_m, m_m, kb, T, NW, BN), b_s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(b_s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing selected yet stay at zero
+        b_p = tl.exp2(b_s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(b_p, axis=1)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(b_p, b_v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
+        m_i = m_new
+    has = l_i > 0.0
+    out = tl.where(has[:, None], acc / tl.where(has, l_i, 1.0)[:, None], 0.0)
+    tl.store(o_ptr + ((b * T + o_m[:, None]) * H + h) * D + o_d[None, :], out, mask=m_m[:, None] & m_d[None, :])
+    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))  # natural
+    tl.store(lse_ptr + (b * T + o_m) * H + h, lse, mask=m_m)
+
+
+@triton.jit
+def _sparse_attn_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, words_ptr, cnt_ptr, list_ptr, dq_ptr,
+    T, S, H, D, NW, NQB, NKB, scale,
+    IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+):  # fmt: skip
+    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    b, h = (bh // H).to(tl.int64), bh % H
+    o_m = pid_m * BM + tl.arange(0, BM)
+    o_d = tl.arange(0, BD)
+    m_m, m_d = o_m < T, o_d < D
+    p_row = ((b * T + o_m[:, None]) * H + h) * D + o_d[None, :]
+    b_q = tl.load(q_ptr + p_row, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+    b_do = tl.load(do_ptr + p_row, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+    b_lse = tl.load(lse_ptr + (b * T + o_m) * H + h, mask=m_m, other=float("-inf"))  # [BM]
+    b_delta = tl.load(delta_ptr + (b * T + o_m) * H + h, mask=m_m, other=0.0)  # [BM]
+    has = b_lse > float("-inf")
+    lse2 = tl.where(has, b_lse, 0.0) * 1.4426950408889634  # log2 units
+    qk_scale = scale * 1.4426950408889634
+    dq = tl.zeros([BM, BD], dtype=tl.float32)
+    n_blocks = tl.load(cnt_ptr + b * NQB + pid_m)
+    for i in range(n_blocks):
+        kb = tl.load(list_ptr + (b * NQB + pid_m) * NKB + i)
+        o_n = kb * BN + tl.arange(0, BN)
+        m_n = o_n < S
+        p_kv = ((b * S + o_n[:, None]) * H + h) * D + o_d[None, :]
+        b_k = tl.load(k_ptr + p_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
+        b_v = tl.load(v_ptr + p_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
+        sel = _tile_mask(words_ptr, b, o_m, m_m, kb, T, NW, BN) & has[:, None]
+        if IEEE:
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * qk_scale
+            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision="ieee")
+        else:
+            b_s = tl.dot(b_q, tl.trans(b_k)) * qk_scale
+            b_dp = tl.dot(b_do, tl.trans(b_v))
+        b_p = tl.where(sel, tl.exp2(b_s - lse2[:, None]), 0.0)  # [BM, BN]
+        b_ds = b_p * (b_dp - b_delta[:, None])
+        if IEEE:
+            dq += tl.dot(b_ds, b_k, input_precision="ieee")
+        else:
+            dq += tl.dot(b_ds.to(b_k.dtype), b_k)
+    tl.store(dq_ptr + p_row, dq * scale, mask=m_m[:, None] & m_d[None, :])
+
+
+@triton.jit
+def _sparse_attn_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, words_ptr, cnt_ptr, list_ptr, dk_ptr, dv_ptr,
+    T, S, H, D, NW, NQB, NKB, scale,
+    IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+):  # fmt: skip
+    pid_n, bh = tl.program_id(0), tl.program_id(1)
+    b, h = (bh // H).to(tl.int64), bh % H
+    o_n = pid_n * BN + tl.arange(0, BN)
+    o_d = tl.arange(0, BD)
+    m_n, m_d = o_n < S, o_d < D
+    p_kv = ((b * S + o_n[:, None]) * H + h) * D + o_d[None, :]
+    b_k = tl.load(k_ptr + p_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
+    b_v = tl.load(v_ptr + p_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
+    dk = tl.zeros([BN, BD], dtype=tl.float32)
+    dv = tl.zeros([BN, BD], dtype=tl.float32)
+    qk_scale = scale * 1.4426950408889634
+    n_blocks = tl.load(cnt_ptr + b * NKB + pid_n)
+    for i in range(n_blocks):
+        qb = tl.load(list_ptr + (b * NKB + pid_n) * NQB + i)
+        o_m = qb * BM + tl.arange(0, BM)
+        m_m = o_m < T
+        p_row = ((b * T + o_m[:, None]) * H + h) * D + o_d[None, :]
+        b_q = tl.load(q_ptr + p_row, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+        b_do = tl.load(do_ptr + p_row, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+        b_lse = tl.load(lse_ptr + (b * T + o_m) * H + h, mask=m_m, other=float("-inf"))
+        b_delta = tl.load(delta_ptr + (b * T + o_m) * H + h, mask=m_m, other=0.0)
+        has = b_lse > float("-inf")
+        sel = _tile_mask(words_ptr, b, o_m, m_m, pid_n, T, NW, BN) & has[:, None]
+        if IEEE:
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * qk_scale  # [BM, BN], log2 units
+            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision="ieee")
+        else:
+            b_s = tl.dot(b_q, tl.trans(b_k)) * qk_scale
+            b_dp = tl.dot(b_do, tl.trans(b_v))
+        b_p = tl.where(sel, tl.exp2(b_s - (tl.where(has, b_lse, 0.0) * 1.4426950408889634)[:, None]), 0.0)
+        b_ds = b_p * (b_dp - b_delta[:, None])
+        if IEEE:
+            dv += tl.dot(tl.trans(b_p), b_do, input_precision="ieee")
+            dk += tl.dot(tl.trans(b_ds), b_q, input_precision="ieee")
+        else:
+            dv += tl.dot(tl.trans(b_p).to(b_do.dtype), b_do)
+            dk += tl.dot(tl.trans(b_ds).to(b_q.dtype), b_q)
+    tl.store(dk_ptr + p_kv, dk * scale, mask=m_n[:, None] & m_d[None, :])
+    tl.store(dv_ptr + p_kv, dv, mask=m_n[:, None] & m_d[None, :])
+
+
+def build_block_lists(indices: torch.Tensor, T: int, S: int, BM: int, BN: int) -> dict[str, torch.Tensor]:
+    """Selection structures for the kernels from canonical indices [B, T, K] (-1 = none, no repeats).
+
+    Returns words [B, T, NW] int32 (bit s % 32 of word s // 32 set when key s is selected), q_cnt [B, NQB] and
+    q_list [B, NQB, NKB] int32 (ascending BN-key blocks touched by each BM-query block), and kv_cnt [B, NKB] with
+    kv_list [B, NKB, NQB] int32 (query blocks touching each key block), plus the block sizes BM, BN.
+    """
+    B = indices.shape[0]
+    NW, NKB, NQB = triton.cdiv(max(S, 1), 32), triton.cdiv(max(S, 1), BN), triton.cdiv(max(T, 1), BM)
+    if BN not in (16, 32, 64):
+        raise ValueError(f"BLOCK_N={BN} is not supported: use 16, 32 or 64 (tiles must map onto 32-bit words)")
+    valid = indices >= 0
+    word = torch.where(valid, indices // 32, 0)  # [B, T, K]
+    bit = torch.where(valid, torch.ones_like(indices) << (indices.clamp(min=0) % 32), 0)
+    words = torch.zeros(B, T, NW, dtype=torch.int64, device=indices.device).scatter_add_(2, word, bit)
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)  # [B, T, NW], same bits
+    col = torch.zeros(B, NQB * BM, NKB + 1, dtype=torch.bool, device=indices.device)  # last column: invalid ones
+    col[:, :T].scatter_(2, torch.where(valid, indices // BN, NKB), True)  # [B, T, NKB + 1]: query touches block
+    touched = col[:, :, :NKB].reshape(B, NQB, BM, NKB).any(dim=2)  # [B, NQB, NKB]
+
+    def lists(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        order = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices  # touched blocks first, ascending
+        return mask.sum(dim=-1).to(torch.int32).contiguous(), order.to(torch.int32).contiguous()
+
+    q_cnt, q_list = lists(touched)
+    kv_cnt, kv_list = lists(touched.transpose(1, 2))  # [B, NKB, NQB]
+    return dict(words=words.contiguous(), q_cnt=q_cnt, q_list=q_list, kv_cnt=kv_cnt, kv_list=kv_list, BM=BM, BN=BN)
+
+
+def _prepare(q, k, v):
+    same = q.dtype == k.dtype == v.dtype and q.dtype in (torch.float16, torch.bfloat16)
+    dtype = q.dtype if same else torch.float32
+    return q.to(dtype).contiguous(), k.to(dtype).contiguous(), v.to(dtype).contiguous(), dtype == torch.float32
+
+
+def _blocks(D: int) -> tuple[int, int, int]:
+    return BLOCK_M, BLOCK_N, max(16, triton.next_power_of_2(D))
+
+
+def sparse_attention_fwd(q, k, v, lists, scale):
+    """Host wrapper: one program per (query block, batch*head); returns out [B,T,H,D] fp32 and lse [B,T,H]."""
+    B, T, H, D = q.shape
+    S = k.shape[1]
+    q, k, v, ieee = _prepare(q, k, v)
+    out = empty_output(B, T, H, D, dtype=torch.float32, device=q.device)
+    lse = empty_output(B, T, H, dtype=torch.float32, device=q.device)
+    BM, BN, BD = lists["BM"], lists["BN"], _blocks(D)[2]
+    NQB, NKB = lists["q_list"].shape[1:]
+    if B * T * H > 0:
+        _sparse_attn_fwd_kernel[(NQB, B * H)](
+            q, k, v, lists["words"], lists["q_cnt"], lists["q_list"], out, lse,
+            T, S, H, D, lists["words"].shape[2], NQB, NKB, scale, IEEE=ieee, BM=BM, BN=BN, BD=BD,
+            num_warps=8 if BM >= 128 else 4,
+        )  # fmt: skip
+    return out, lse
+
+
+def sparse_attention_bwd(q, k, v, out, lse, lists, grad, scale):
+    """Host wrapper: dq per (query block, head), dk/dv per (key block, head); grads in fp32."""
+    B, T, H, D = q.shape
+    S = k.shape[1]
+    q, k, v, ieee = _prepare(q, k, v)
+    do = grad.to(q.dtype).contiguous()  # [B, T, H, D]
+    delta = (grad.float() * out).sum(dim=-1).contiguous()  # [B, T, H]
+    dq = empty_output(B, T, H, D, dtype=torch.float32, device=q.device)
+    dk = empty_output(B, S, H, D, dtype=torch.float32, device=q.device)
+    dv = empty_output(B, S, H, D, dtype=torch.float32, device=q.device)
+    BM, BN, BD = lists["BM"], lists["BN"], _blocks(D)[2]
+    NQB, NKB = lists["q_list"].shape[1:]
+    NW = lists["words"].shape[2]
+    meta = dict(IEEE=ieee, BM=BM, BN=BN, BD=BD)
+    common = (T, S, H, D, NW, NQB, NKB, scale)
+    if B * T * H > 0:
+        _sparse_attn_bwd_dq_kernel[(NQB, B * H)](
+            q, k, v, do, lse, delta, lists["words"], lists["q_cnt"], lists["q_list"], dq, *common, **meta
+        )
+    if B * S * H > 0:
+        _sparse_attn_bwd_dkdv_kernel[(NKB, B * H)](
+            q, k, v, do, lse, delta, lists["words"], lists["kv_cnt"], lists["kv_list"], dk, dv, *common, **meta
+        )
+    return dq, dk, dv
+
+
+class _SparseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, indices, scale):
+        T, S = q.shape[1], k.shape[1]
+        BM, BN, _ = _blocks(q.shape[3])
+        lists = build_block_lists(canonical_indices(indices.detach(), S), T, S, BM, BN)
+        out, lse = sparse_attention_fwd(q.detach(), k.detach(), v.detach(), lists, scale)
+        ctx.scale, ctx.lists, ctx.dtypes = scale, lists, (q.dtype, k.dtype, v.dtype)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = sparse_attention_bwd(q, k, v, out, lse, ctx.lists, grad, ctx.scale)
+        return dq.to(ctx.dtypes[0]), dk.to(ctx.dtypes[1]), dv.to(ctx.dtypes[2]), None, None
+
+
+def sparse_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """Triton sparse attention with the reference's contract.
+
+    Args:
+        q: queries [B, T, H, D].
+        k: keys [B, S, H, D].
+        v: values [B, S, H, D].
+        indices: [B, T, K] key positions shared by all heads, read as a set; entries outside [0, S) are ignored.
+        scale: logit scale, default D ** -0.5.
+
+    Returns:
+        out [B, T, H, D] in q's dtype (zeros for a query with no valid index); differentiable in q, k, v.
+    """
+    check_attention_args(q, k, v, indices)
+    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
+    return _SparseAttention.apply(q, k, v, indices, scale)

@@ -1,0 +1,91 @@
+"""topk_indices and indexer_topk: selection validity, and every backend against the reference."""
+
+import pytest
+import torch
+
+from sparselens.kernels import indexer_topk, topk_indices
+from sparselens.kernels.indexer_scores.reference import indexer_scores as ref_scores
+from sparselens.kernels.selections import random_indexer_inputs, trained_like_indexer_inputs
+from sparselens.kernels.testing import check_selection, same_selection
+from sparselens.kernels.topk import cpu as topk_cpu
+from sparselens.kernels.topk import reference
+
+# (B, T, S, HI, DI, k): k above the allowed keys for early queries, k > S, T > S (queries that see nothing)
+CASES = {
+    "t63_k7": (1, 63, 63, 4, 32, 7),
+    "t37_s53_k16": (2, 37, 53, 3, 20, 16),
+    "t111_s200_k64": (1, 111, 200, 5, 16, 64),
+    "k_above_s": (2, 30, 21, 4, 8, 40),
+    "t_above_s": (1, 25, 11, 4, 8, 5),
+    "t300_k33": (1, 300, 300, 4, 32, 33),
+}
+
+
+def test_reference_example():
+    scores = torch.tensor([[[1.0, 3.0, 2.0, float("-inf")], [0.5, float("-inf"), float("-inf"), float("-inf")]]])
+    assert reference.topk_indices(scores, 2).tolist() == [[[1, 2], [0, -1]]]
+    assert reference.topk_indices(scores, 6).tolist() == [[[0, 1, 2, -1, -1, -1], [0, -1, -1, -1, -1, -1]]]
+
+
+@pytest.mark.parametrize("k", [1, 5, 64, 300], ids=lambda k: f"k{k}")
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_topk_indices_valid_and_matches_reference(backend, k):
+    B, T, S = 2, 41, 77
+    scores = torch.randn(B, T, S)
+    scores[torch.rand(B, T, S) < 0.3] = float("-inf")  # arbitrary disallowed keys, whole rows included
+    scores[0, 5] = float("-inf")
+    scores[1, 7, :10] = float("nan")  # never selected
+    scores[1, 8, 3] = float("inf")  # not finite: never selected
+    scores[0, 9, 20:40] = 0.5  # ties
+    out = topk_indices(scores, k, backend=backend)
+    allowed = torch.where(torch.isfinite(scores), scores, float("-inf"))
+    assert check_selection(out, allowed, k) is None
+    assert same_selection(out, reference.topk_indices(scores, k), allowed)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("inputs", ["random", "trained_like"])
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_indexer_topk_cpu_matches_reference(case, inputs, causal):
+    B, T, S, HI, DI, k = case
+    make = random_indexer_inputs if inputs == "random" else trained_like_indexer_inputs
+    x = make(B, T, S, HI, DI, seed=1)
+    scores = ref_scores(x["q"], x["k"], x["w"], causal=causal)
+    want = reference.indexer_topk(x["q"], x["k"], x["w"], k, causal=causal)
+    for got in (indexer_topk(x["q"], x["k"], x["w"], k, causal=causal, backend="cpu"),
+                topk_cpu._indexer_topk_chunked(x["q"], x["k"], x["w"], k, causal)):  # fmt: skip
+        assert check_selection(got, scores, k) is None
+        assert same_selection(got, want, scores)
+
+
+@pytest.mark.parametrize("case", ["t37_s53_k16", "t_above_s"])
+def test_indexer_topk_triton_matches_reference(case, triton_device):
+    B, T, S, HI, DI, k = CASES[case]
+    x = {n: t.to(triton_device) for n, t in random_indexer_inputs(B, T, S, HI, DI, seed=2).items()}
+    scores = ref_scores(x["q"], x["k"], x["w"])
+    got = indexer_topk(x["q"], x["k"], x["w"], k, backend="triton")
+    assert check_selection(got, scores, k) is None
+    assert same_selection(got, reference.indexer_topk(x["q"], x["k"], x["w"], k), scores)
+
+
+def test_no_future_or_repeated_key_at_scale():
+    x = random_indexer_inputs(1, 700, 900, 4, 32, seed=3)
+    out = indexer_topk(x["q"], x["k"], x["w"], 128, backend="cpu")  # many compactions of the running top-k
+    assert check_selection(out, ref_scores(x["q"], x["k"], x["w"]), 128) is None
+
+
+@pytest.mark.parametrize("k", [0, -3, 2.5], ids=["zero", "negative", "float"])
+def test_bad_k_raises(k):
+    with pytest.raises(ValueError, match="positive int"):
+        topk_indices(torch.randn(1, 3, 4), k)
+    with pytest.raises(ValueError, match="positive int"):
+        indexer_topk(torch.randn(1, 3, 2, 4), torch.randn(1, 3, 4), torch.randn(1, 3, 2), k)
+
+
+@pytest.mark.parametrize("k", [1, 3, 40], ids=lambda k: f"k{k}")
+def test_heavy_ties_keep_exact_top_k(k):
+    scores = (torch.randn(2, 30, 500) * 2).round() / 2  # few distinct values: histogram compaction falls back
+    scores[:, :, 400:] = float("-inf")
+    out = topk_indices(scores, k, backend="cpu")
+    assert check_selection(out, scores, k) is None
+    assert same_selection(out, reference.topk_indices(scores, k), scores)
