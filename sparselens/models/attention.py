@@ -17,7 +17,7 @@ from torch import nn
 from sparselens import kernels
 from sparselens.config import ModelConfig
 from sparselens.models.hooks import HookPoint
-from sparselens.models.indexer import Indexer
+from sparselens.models.indexer import SCORE_GATHER_MAX, Indexer
 from sparselens.models.rope import apply_rope
 
 MODES = ("sparse", "dense_kl", "sparse_kl")
@@ -110,11 +110,22 @@ class Attention(nn.Module):
         return out, kl
 
     def _selected_probs(self, q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Scores and probabilities over the selected keys only: [B, H, T, k] each (-inf / 0 at idx = -1)."""
+        """Scores and probabilities over the selected keys only: [B, H, T, k] each (-inf / 0 at idx = -1).
+
+        Used for the sparse-stage KL target and the hooks, never for the attention output. At training lengths
+        (T * S <= SCORE_GATHER_MAX) one [T, S] score product and a gather of k scalars per query moves far less
+        memory than gathering k key rows of H * D values per query; longer inputs gather the key rows.
+        """
         b, t, kk = idx.shape
-        flat = idx.clamp(min=0).reshape(b, t * kk, 1, 1).expand(-1, -1, k.shape[2], k.shape[3])  # [B, T*k, H, D]
-        k_sel = torch.gather(k, 1, flat).view(b, t, kk, k.shape[2], k.shape[3])  # [B, T, k, H, D]
-        scores = torch.einsum("bthd,btkhd->bhtk", q, k_sel) * self.scale  # [B, H, T, k]
+        h = k.shape[2]
+        if t * k.shape[1] <= SCORE_GATHER_MAX:
+            full = torch.einsum("bthd,bshd->bhts", q, k)  # [B, H, T, S]
+            where = idx.clamp(min=0).unsqueeze(1).expand(b, h, t, kk)  # [B, H, T, k]
+            scores = torch.gather(full, -1, where) * self.scale  # [B, H, T, k]
+        else:
+            flat = idx.clamp(min=0).reshape(b, t * kk, 1, 1).expand(-1, -1, h, k.shape[3])  # [B, T*k, H, D]
+            k_sel = torch.gather(k, 1, flat).view(b, t, kk, h, k.shape[3])  # [B, T, k, H, D]
+            scores = torch.einsum("bthd,btkhd->bhtk", q, k_sel) * self.scale  # [B, H, T, k]
         scores = scores.masked_fill((idx < 0).unsqueeze(1), float("-inf"))
         return scores, torch.softmax(scores, dim=-1)
 

@@ -15,6 +15,8 @@ from sparselens.config import ModelConfig
 from sparselens.models.hooks import HookPoint
 from sparselens.models.rope import apply_rope
 
+SCORE_GATHER_MAX = 1 << 20  # T * S up to which selected logits come from a [T, S] product
+
 
 class Indexer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -72,14 +74,23 @@ class Indexer(nn.Module):
 
     @staticmethod
     def selected_logits(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """I(t, s) at the selected keys only, with autograd: [B, T, k], -inf where idx is -1 (sparse-stage KL)."""
+        """I(t, s) at the selected keys only, with autograd: [B, T, k], -inf where idx is -1 (sparse-stage KL).
+
+        At training lengths the [T, HI, S] dot products plus a scalar gather are cheaper than gathering k key rows
+        per query (same trade-off as Attention._selected_probs); longer inputs gather the key rows.
+        """
         b, t, kk = idx.shape
-        valid = idx >= 0
-        flat = idx.clamp(min=0).reshape(b, t * kk, 1).expand(-1, -1, k.shape[-1])  # [B, T*k, DI]
-        k_sel = torch.gather(k, 1, flat).view(b, t, kk, k.shape[-1])  # [B, T, k, DI]
-        dots = torch.einsum("bthd,btkd->bthk", q, k_sel)  # [B, T, HI, k]
+        hi = q.shape[2]
+        safe = idx.clamp(min=0)
+        if t * k.shape[1] <= SCORE_GATHER_MAX:
+            full = torch.einsum("bthd,bsd->bths", q, k)  # [B, T, HI, S]
+            dots = torch.gather(full, -1, safe.unsqueeze(2).expand(b, t, hi, kk))  # [B, T, HI, k]
+        else:
+            flat = safe.reshape(b, t * kk, 1).expand(-1, -1, k.shape[-1])  # [B, T*k, DI]
+            k_sel = torch.gather(k, 1, flat).view(b, t, kk, k.shape[-1])  # [B, T, k, DI]
+            dots = torch.einsum("bthd,btkd->bthk", q, k_sel)  # [B, T, HI, k]
         logits = (w.unsqueeze(-1) * F.relu(dots)).sum(dim=2)  # [B, T, k]
-        return logits.masked_fill(~valid, float("-inf"))
+        return logits.masked_fill(idx < 0, float("-inf"))
 
 
 def head_scores(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -108,3 +108,17 @@ def test_kl_modes_return_finite_losses_with_gradients_only_on_the_indexer():
         kl.backward()
         assert all(p.grad is None for p in model.main_parameters())
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.indexer_parameters())
+
+
+def test_selected_scores_agree_between_score_product_and_key_gather(monkeypatch):
+    import sparselens.models.attention as attention
+    import sparselens.models.indexer as indexer
+
+    model = make("dsa", topk=6).train()
+    tokens = torch.randint(0, 256, (2, 29))
+    _, kl_product = model(tokens, mode="sparse_kl", return_kl=True)
+    monkeypatch.setattr(attention, "SCORE_GATHER_MAX", 0)
+    monkeypatch.setattr(indexer, "SCORE_GATHER_MAX", 0)
+    _, kl_gather = model(tokens, mode="sparse_kl", return_kl=True)
+    torch.testing.assert_close(kl_product, kl_gather, rtol=1e-5, atol=1e-6)
+    assert kl_product.item() > 0
