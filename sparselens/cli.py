@@ -1,7 +1,7 @@
 """`sparselens` command line: run the whole pipeline, or re-run one phase of an existing run.
 
     sparselens run --preset quick [--root DIR] [--run-id ID] [--topk K]
-    sparselens phase train|evaluate --run-id ID [--root DIR]
+    sparselens phase train|evaluate|capture|interpret --run-id ID [--root DIR]
     sparselens runs [--root DIR]
 
 Inputs are checked before Prefect starts, so a bad preset, k, run id or checkpoint gives one clear error, a
@@ -17,11 +17,11 @@ import sys
 # Idle OpenMP threads sleep instead of spinning: on a shared machine spinning made steps up to 100x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from sparselens.config import ConfigError, PhaseParams, RunParams, get_preset
+from sparselens.config import ConfigError, RunParams, get_preset
 from sparselens.storage import DEFAULT_ROOT, CorruptCheckpointError, RunNotFoundError, RunStore, list_runs
 from sparselens.training import StageNotDoneError, TrainingDivergedError
 
-PHASES = ("train", "evaluate")
+PHASES = ("train", "evaluate", "capture", "interpret")  # as in sparselens.flows.PHASES (kept light: no Prefect)
 USER_ERRORS = (
     ConfigError,
     RunNotFoundError,
@@ -80,13 +80,8 @@ def _phase(args: argparse.Namespace) -> int:
         _preflight(store)
     from sparselens.flows import phase_flow
 
-    flow = phase_flow(args.name)
-    params = PhaseParams(run_id=args.run_id, root=args.root)
-    if args.name == "train":
-        from sparselens.flows.train import TrainParams
-
-        params = TrainParams(run_id=args.run_id, root=args.root)
-    flow(params)
+    flow, params_cls = phase_flow(args.name)
+    flow(params_cls(run_id=args.run_id, root=args.root))
     print(f"phase {args.name} of run {args.run_id} finished: {store.path()}")
     return 0
 

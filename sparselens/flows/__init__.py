@@ -1,16 +1,25 @@
-"""Prefect flows, one per phase, and the `pipeline` parent flow. Importing this package imports Prefect."""
+"""Prefect flows, one per phase, and the `pipeline` parent flow. Importing a flow module imports Prefect."""
 
-PHASES = ("train", "evaluate")
+from importlib import import_module
+
+# phase name -> (module, flow function, parameter model in that module or None for config.PhaseParams)
+_PHASES = {
+    "train": ("sparselens.flows.train", "train", "TrainParams"),
+    "evaluate": ("sparselens.flows.evaluate", "evaluate", None),
+    "capture": ("sparselens.flows.capture", "capture", "CaptureParams"),
+    "interpret": ("sparselens.flows.interpret", "interpret", "InterpretParams"),
+}
+PHASES = tuple(_PHASES)
 
 
 def phase_flow(name: str):
-    """The flow object of phase `name`."""
-    if name == "train":
-        from sparselens.flows.train import train
+    """(flow, parameter model class) of phase `name`."""
+    if name not in _PHASES:
+        raise ValueError(f"unknown phase {name!r}; choose one of {PHASES}")
+    module_name, flow_name, params_name = _PHASES[name]
+    module = import_module(module_name)
+    if params_name is None:
+        from sparselens.config import PhaseParams
 
-        return train
-    if name == "evaluate":
-        from sparselens.flows.evaluate import evaluate
-
-        return evaluate
-    raise ValueError(f"unknown phase {name!r}; choose one of {PHASES}")
+        return getattr(module, flow_name), PhaseParams
+    return getattr(module, flow_name), getattr(module, params_name)

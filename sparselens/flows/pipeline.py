@@ -1,11 +1,13 @@
-"""The parent flow: create a run, train, evaluate (later phases plug in here as subflows)."""
+"""The parent flow: create a run, train, evaluate, capture, interpret (later phases plug in as subflows)."""
 
 from __future__ import annotations
 
 from prefect import flow
 
 from sparselens.config import PhaseParams, RunParams, get_preset
+from sparselens.flows.capture import CaptureParams, capture
 from sparselens.flows.evaluate import evaluate
+from sparselens.flows.interpret import InterpretParams, interpret
 from sparselens.flows.train import TrainParams, train
 from sparselens.runs import new_run_id
 from sparselens.tasks.train import create_run
@@ -19,4 +21,6 @@ def pipeline(params: RunParams) -> str:
     create_run(params.root, run_id, preset.to_dict())
     train(TrainParams(run_id=run_id, root=params.root))
     evaluate(PhaseParams(run_id=run_id, root=params.root))
+    capture(CaptureParams(run_id=run_id, root=params.root))
+    interpret(InterpretParams(run_id=run_id, root=params.root))
     return run_id

@@ -151,6 +151,161 @@ SELECTIONS = pa.schema(
     ]
 )
 
+N_QUERIES = _key("n_queries", pa.int64(), "number of query rows summarised")
+
+
+def _means(*names_docs: tuple[str, str]) -> list[pa.Field]:
+    return [field(n, pa.float64(), d) for n, d in names_docs]
+
+
+PHASE1_ENTROPY = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        SEQ_LEN,
+        LAYER,
+        HEAD,
+        N_QUERIES,
+        *_means(
+            ("entropy_mean", "mean attention entropy over queries, nats"),
+            ("entropy_p10", "10th percentile of entropy over queries, nats"),
+            ("entropy_p50", "median entropy, nats"),
+            ("entropy_p90", "90th percentile of entropy, nats"),
+            ("max_weight_mean", "mean of the largest weight per row"),
+            ("sink_mass_mean", "mean mass on the first 4 keys"),
+            ("local_mass_mean", "mean mass on the last 16 keys"),
+            ("mean_distance_mean", "mean attention distance, tokens"),
+            ("k90_mean", "mean keys holding 90% of the row's mass"),
+        ),
+    ]
+)
+
+PHASE1_SCALING = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        _key("content_type", pa.string(), "content type, or 'all' for every type pooled"),
+        SEQ_LEN,
+        LAYER,
+        N_QUERIES,
+        *_means(
+            ("entropy_mean", "mean entropy over heads and queries, nats"),
+            ("k90_mean", "mean keys holding 90% of the row's mass (per head)"),
+            ("k95_mean", "mean keys holding 95% of the row's mass (per head)"),
+            ("recall_mean", "DSA: mean recall of dense mass on the selected keys, queries t >= k"),
+            ("recall_p10", "DSA: 10th percentile of that recall over queries t >= k"),
+            ("oracle_recall_mean", "DSA: mean dense mass on the best k keys, queries t >= k"),
+            ("needed_recall_mean", "DSA, synthetic: mean fraction of needed keys selected, queries t >= k"),
+        ),
+    ]
+)
+
+PHASE1_RECALL_LENGTH = pa.schema(
+    [
+        RUN_ID,
+        _key("content_type", pa.string(), "content type, or 'all'"),
+        LAYER,
+        field("threshold", pa.float64(), "recall threshold"),
+        field("first_below", pa.int32(), "shortest captured length whose mean recall is below the threshold"),
+        field("crossing_len", pa.float64(), "threshold crossing, interpolated linearly in log2(length), tokens"),
+        field("recall_min_len", pa.float64(), "mean recall at the shortest captured length"),
+        field("recall_max_len", pa.float64(), "mean recall at the longest captured length"),
+        field("status", pa.string(), "the finding in words"),
+    ]
+)
+
+PHASE1_HISTOGRAMS = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        SEQ_LEN,
+        LAYER,
+        _key("head", pa.int32(), "main head (entropy) or indexer head (indexer_* quantities)"),
+        _key("quantity", pa.string(), "'entropy' | 'indexer_weight' | 'indexer_score_q90' | 'indexer_active_frac'"),
+        field("bin_lo", pa.float64(), "bin start (bins are shared by every group of one quantity)"),
+        field("bin_hi", pa.float64(), "bin end"),
+        field("fraction", pa.float64(), "fraction of the group's queries in the bin"),
+    ]
+)
+
+PHASE1_INDEXER_HEADS = pa.schema(
+    [
+        RUN_ID,
+        SEQ_LEN,
+        LAYER,
+        INDEXER_HEAD,
+        N_QUERIES,
+        *_means(
+            ("score_mean", "mean score over queries and allowed keys"),
+            ("score_q50_med", "median over queries of each row's median score"),
+            ("score_q90_med", "median over queries of each row's 90th percentile"),
+            ("score_q99_med", "median over queries of each row's 99th percentile"),
+            ("score_max_med", "median over queries of each row's max"),
+            ("active_frac_mean", "mean fraction of allowed keys with ReLU active"),
+            ("weight_mean", "mean head weight w"),
+            ("weight_std", "standard deviation of w over queries"),
+            ("weight_p10", "10th percentile of w"),
+            ("weight_p90", "90th percentile of w"),
+            ("weight_pos_frac", "fraction of queries with w > 0"),
+            ("keys_50_mean", "mean keys holding 50% of softmax(score)"),
+            ("keys_90_mean", "mean keys holding 90% of softmax(score)"),
+            ("keys_99_mean", "mean keys holding 99% of softmax(score)"),
+        ),
+    ]
+)
+
+PHASE1_INDEXER_CORR = pa.schema(
+    [
+        RUN_ID,
+        SEQ_LEN,
+        LAYER,
+        INDEXER_HEAD,
+        HEAD,
+        field("corr_mean", pa.float64(), "mean over queries of Pearson r(indexer score row, dense attention row)"),
+        _key("n_queries", pa.int64(), "queries where r is defined"),
+    ]
+)
+
+PHASE1_INDEXER_MASS = pa.schema(
+    [
+        RUN_ID,
+        SEQ_LEN,
+        LAYER,
+        INDEXER_HEAD,
+        _key("pos_lo", pa.int32(), "first query position of the bin"),
+        *_means(
+            ("keys_50", "mean keys holding 50% of softmax(score) for queries in the bin"),
+            ("keys_90", "same, 90%"),
+            ("keys_99", "same, 99%"),
+        ),
+    ]
+)
+
+PHASE1_PROFILES = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        CONTENT_TYPE,
+        SAMPLE_ID,
+        SEQ_LEN,
+        LAYER,
+        HEAD,
+        _key("kind", pa.string(), "'slash': by distance t - s; 'vertical': by key position s"),
+        _key("position", pa.int32(), "distance (slash) or key position (vertical), tokens"),
+        field("mass", pa.float32(), "mean weight over the queries that reach it (from attention_topk)"),
+    ]
+)
+
+PHASE1_CHARTS = pa.schema(
+    [
+        RUN_ID,
+        _key("name", pa.string(), "chart name"),
+        _key("title", pa.string(), "chart title"),
+        _key("png", pa.string(), "PNG path relative to the run directory"),
+        _key("html", pa.string(), "offline HTML path relative to the run directory"),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "train_log": TRAIN_LOG,
     "eval_loss": EVAL_LOSS,
@@ -159,6 +314,15 @@ SCHEMAS: dict[str, pa.Schema] = {
     "attention_topk": ATTENTION_TOPK,
     "indexer_stats": INDEXER_STATS,
     "selections": SELECTIONS,
+    "phase1_entropy": PHASE1_ENTROPY,
+    "phase1_scaling": PHASE1_SCALING,
+    "phase1_recall_length": PHASE1_RECALL_LENGTH,
+    "phase1_histograms": PHASE1_HISTOGRAMS,
+    "phase1_indexer_heads": PHASE1_INDEXER_HEADS,
+    "phase1_indexer_corr": PHASE1_INDEXER_CORR,
+    "phase1_indexer_mass": PHASE1_INDEXER_MASS,
+    "phase1_profiles": PHASE1_PROFILES,
+    "phase1_charts": PHASE1_CHARTS,
 }
 
 
@@ -183,3 +347,235 @@ def register_schema(name: str, schema: pa.Schema) -> pa.Schema:
 def is_snake_case(name: str) -> bool:
     """True for names that follow the column and table naming convention."""
     return bool(_SNAKE.match(name))
+
+
+# Phase 2 (patterns): sparselens.analysis.phase2 writes these; every share is a mean over queries of row mass.
+HEAD_KEYS = [RUN_ID, MODEL, CONTENT_TYPE, SEQ_LEN, LAYER, HEAD]
+KIND = _key("kind", pa.string(), "pattern kind: local, sink, sink_local, vertical_slash, block, scattered, broad")
+
+
+def _floats(*pairs: tuple[str, str]) -> list[pa.Field]:
+    return [field(name, pa.float64(), doc) for name, doc in pairs]
+
+
+PHASE2_HEAD_FEATURES = pa.schema(
+    [
+        *HEAD_KEYS,
+        *_floats(
+            ("sink_mass", "query_stats mean over t >= 1: mass on the first 4 keys"),
+            ("local_mass", "query_stats mean: mass on the last 16 keys up to the query"),
+            ("entropy_norm", "mean entropy / ln(t + 1); 1 = uniform over the visible keys"),
+            ("max_weight", "mean largest weight of a row"),
+            ("mean_distance", "mean attention distance sum_s a(t,s)(t - s), tokens"),
+            ("distance_frac", "mean attention distance / (t + 1)"),
+            ("k90_frac", "mean over queries of k90 / (t + 1): share of visible keys holding 90% of the row"),
+            ("k95_frac", "mean over queries of k95 / (t + 1)"),
+            ("dsa_recall", "DSA, queries t >= k: the layer's dense mass (summed over heads) on the selected keys"),
+            ("dsa_head_recall", "DSA, t >= k: this head's dense mass on the selected keys"),
+            ("dsa_oracle_recall", "DSA, t >= k: the layer's dense mass on its best k keys"),
+            ("dsa_needed_recall", "DSA, t >= k, synthetic: share of ground-truth needed keys selected"),
+        ),
+        _key("n_queries", pa.int64(), "query_stats rows averaged (queries t >= 1 over all captured samples)"),
+        *_floats(
+            ("map_mass", "mean share of a row the attention_topk list holds (1 = the rebuilt map is exact)"),
+            ("local_w1", "map: mass on offset 0 (the query's own key)"),
+            ("local_w4", "map: mass on offsets 0..3"),
+            ("local_w16", "map: mass on offsets 0..15"),
+            ("local_w64", "map: mass on offsets 0..63"),
+            ("vertical_conc", "map: mass on the best ceil(T/16) columns"),
+            ("slash_conc", "map: mass on the best ceil(T/16) offsets (diagonals)"),
+            ("block_conc", "map: per 16-position query block, mass on its best ceil(T/256) 16-key blocks"),
+            ("dec_sink", "decompose_head: sink fraction"),
+            ("dec_local", "decompose_head: local fraction"),
+            ("dec_vertical", "decompose_head: vertical fraction"),
+            ("dec_slash", "decompose_head: slash fraction"),
+            ("dec_block", "decompose_head: block fraction"),
+            ("dec_residual", "decompose_head: residual fraction"),
+            ("coverage", "classify_head: recall of the fitted pattern"),
+            ("fit_density", "classify_head: density of the fitted pattern over the causal area"),
+            ("oracle_coverage", "recall of each query's own top-budget keys"),
+            ("needed_mass", "synthetic: mass on the ground-truth needed keys, queries that have some"),
+            ("needed_argmax", "synthetic: share of those queries whose heaviest key is needed"),
+            ("needed_chance", "synthetic: needed_mass of a uniform row, n_needed / (t + 1)"),
+        ),
+        _key("n_needed_queries", pa.int64(), "queries with ground-truth needed keys in the map sample(s)"),
+        KIND,
+        field("fit_params", pa.string(), "JSON of the fitted pattern's parameters (block tables omitted)"),
+        _key("n_map_samples", pa.int64(), "attention_topk samples the map features average over"),
+    ]
+)
+
+PHASE2_GROUND_TRUTH = pa.schema(
+    [
+        *HEAD_KEYS,
+        KIND,
+        *_floats(
+            ("coverage", "classify_head recall of the fitted pattern"),
+            ("needed_mass", "mass on the ground-truth needed keys (queries that have some)"),
+            ("needed_argmax", "share of those queries whose heaviest key is needed"),
+            ("needed_chance", "needed_mass of a uniform row"),
+        ),
+        _key("n_needed_queries", pa.int64(), "queries with needed keys"),
+        *_floats(
+            ("dsa_needed_recall", "DSA: share of needed keys the indexer selected (layer-wide)"),
+            ("lift", "needed_mass / needed_chance"),
+        ),
+        _key("rank", pa.int64(), "rank by needed_mass within (model, content_type, seq_len); 1 = strongest"),
+    ]
+)
+
+PHASE2_KIND_DISTRIBUTION = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        SEQ_LEN,
+        _key("content_type", pa.string(), "content type, or 'all' pooled"),
+        KIND,
+        _key("n_heads", pa.int64(), "heads of this kind"),
+        *_floats(
+            ("coverage", "their mean fitted recall"),
+            ("fit_density", "their mean fitted density"),
+            ("oracle_coverage", "their mean per-query top-budget recall"),
+            ("share", "n_heads / heads of the (model, seq_len, content_type)"),
+        ),
+    ]
+)
+
+PHASE2_KIND_STABILITY = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        SEQ_LEN,
+        LAYER,
+        HEAD,
+        _key("modal_kind", pa.string(), "most frequent kind over content types (ties: alphabetical)"),
+        field("stability", pa.float64(), "share of content types giving the modal kind"),
+        _key("n_kinds", pa.int64(), "distinct kinds over content types"),
+        _key("n_content_types", pa.int64(), "content types measured"),
+        _key("kinds", pa.string(), "'content_type:kind' per content type, '|'-separated"),
+    ]
+)
+
+PHASE2_RELEVANCE = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        CONTENT_TYPE,
+        SEQ_LEN,
+        LAYER,
+        _key("n_queries", pa.int64(), "DSA queries t >= k averaged"),
+        *_floats(
+            ("needed_share", "share of selected keys that are ground-truth needed (synthetic)"),
+            ("needed_chance", "share of visible keys that are needed (a random selection)"),
+            ("same_byte_share", "share of selected keys holding the query's byte"),
+            ("same_byte_chance", "share of visible keys holding the query's byte"),
+            ("induction_share", "share of selected keys s with token[s-1] == token[t] (induction targets)"),
+            ("induction_chance", "share of visible keys that are induction targets"),
+        ),
+    ]
+)
+
+PHASE2_CLUSTERS = pa.schema(
+    [
+        *HEAD_KEYS,
+        KIND,
+        _key("scope", pa.string(), "'group': clustered within (model, content_type, seq_len); 'model': all of a model"),
+        _key("kmeans", pa.int64(), "KMeans cluster (k by silhouette)"),
+        _key("hdbscan", pa.int64(), "HDBSCAN cluster, -1 = noise"),
+        *_floats(
+            ("x", "first PCA component of the standardised features (within the scope)"), ("y", "second PCA component")
+        ),
+    ]
+)
+
+PHASE2_CLUSTER_SUMMARY = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        _key("content_type", pa.string(), "content type, or 'all' for model scope"),
+        _key("seq_len", pa.int32(), "length, or -1 for model scope"),
+        _key("scope", pa.string(), "'group' or 'model'"),
+        _key("n_points", pa.int64(), "heads clustered"),
+        _key("n_kinds", pa.int64(), "distinct kinds among them"),
+        _key("kmeans_k", pa.int64(), "k chosen by silhouette (1 when too few points)"),
+        *_floats(("silhouette", "silhouette of the chosen k"), ("ari_kmeans", "adjusted Rand index, KMeans vs kinds")),
+        _key("hdbscan_clusters", pa.int64(), "HDBSCAN clusters (noise excluded)"),
+        *_floats(
+            ("hdbscan_noise", "share of points HDBSCAN calls noise"),
+            ("ari_hdbscan", "adjusted Rand index, HDBSCAN (noise as one label) vs kinds"),
+        ),
+    ]
+)
+
+METHOD = _key("method", pa.string(), "sink, local, sink_local, vertical_slash, block, topk_per_query, indexer, oracle")
+
+PHASE2_CURVES = pa.schema(
+    [
+        *HEAD_KEYS,
+        KIND,
+        METHOD,
+        *_floats(
+            ("density", "mask density over the causal area (log-spaced grid)"),
+            ("recall", "best recall of the method at density <= this (dense attention of the head)"),
+        ),
+    ]
+)
+
+PHASE2_EFFICIENCY = pa.schema(
+    [
+        *HEAD_KEYS,
+        KIND,
+        METHOD,
+        *_floats(
+            ("auc", "mean recall over densities in (0, 0.5]"),
+            ("auc_vs_oracle", "auc / the oracle's auc"),
+            ("regret_d16", "oracle recall - method recall at density 1/16"),
+            ("regret_d8", "same at density 1/8"),
+            ("regret_d4", "same at density 1/4"),
+            ("op_density", "density where the method runs: its fit at the budget, top-budget keys, the indexer's k"),
+            ("op_recall", "recall there"),
+            ("op_regret", "oracle recall at op_density - op_recall"),
+            ("keys_per_query", "mean keys per query at the operating point"),
+            ("flops_per_query", "analytic FLOPs per query and head at the operating point (indexer share included)"),
+            ("dense_flops_per_query", "FLOPs per query and head of dense attention at this length"),
+        ),
+    ]
+)
+
+PHASE2_SPARSIFY = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        SEQ_LEN,
+        LAYER,
+        HEAD,
+        _key("content_type", pa.string(), "content type of the evaluated samples, or 'all'"),
+        KIND,
+        *_floats(
+            ("coverage", "recall of the fitted pattern on the head's mean map"),
+            ("fit_density", "density of the fitted pattern"),
+        ),
+        _key("sparsified", pa.bool_(), "False for broad heads (nothing sparse to apply; delta 0)"),
+        *_floats(
+            ("base_loss", "validation loss of the untouched model, nats per token"),
+            ("loss", "loss with this head restricted to its fitted pattern"),
+            ("delta_loss", "loss - base_loss"),
+        ),
+        _key("n_samples", pa.int64(), "validation samples (seed 1) averaged"),
+    ]
+)
+
+SCHEMAS.update(
+    {
+        "phase2_head_features": PHASE2_HEAD_FEATURES,
+        "phase2_ground_truth": PHASE2_GROUND_TRUTH,
+        "phase2_kind_distribution": PHASE2_KIND_DISTRIBUTION,
+        "phase2_kind_stability": PHASE2_KIND_STABILITY,
+        "phase2_relevance": PHASE2_RELEVANCE,
+        "phase2_clusters": PHASE2_CLUSTERS,
+        "phase2_cluster_summary": PHASE2_CLUSTER_SUMMARY,
+        "phase2_curves": PHASE2_CURVES,
+        "phase2_efficiency": PHASE2_EFFICIENCY,
+        "phase2_sparsify": PHASE2_SPARSIFY,
+    }
+)

@@ -1,0 +1,206 @@
+"""Phase 2 charts (offline HTML + PNG under `charts/phase2/`), key numbers, and the report section.
+
+Everything is drawn from the `phase2_*` tables; `phase2_key_numbers` gives the small tables that the report
+section and the Prefect artifacts share. Charts can be rendered on a Dask client (one task per chart).
+"""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+
+from sparselens.analysis.parallel import gather, submit_map
+from sparselens.storage import RunStore
+from sparselens.viz import phase2_charts as pc
+from sparselens.viz.report import build_report, figure_html, table_html, write_section
+from sparselens.viz.save import save_chart
+
+FOLDER = "charts/phase2"
+SECTION_KEY = "phase2"
+SECTION_ORDER = 40  # after training (10), evaluation (20) and Phase 1 (30)
+SECTION_TITLE = "Phase 2: attention patterns, their clusters, content and price"
+
+
+def reference_length(store: RunStore) -> int:
+    """The length most Phase 2 views show: the sparsify length (the training length by default)."""
+    return int(store.read_table("phase2_sparsify", columns=["seq_len"])["seq_len"].iloc[0])
+
+
+def chart_specs(store: RunStore) -> list[tuple[str, str, object]]:
+    """(name, title, chart) of every Phase 2 chart."""
+    t = reference_length(store)
+    heads = store.read_table("phase2_head_features")
+    dist = store.read_table("phase2_kind_distribution")
+    curves = store.read_table("phase2_curves")
+    points = store.read_table("phase2_clusters")
+    sparsify = store.read_table("phase2_sparsify")
+    gt = store.read_table("phase2_ground_truth")
+    at = f"T = {t}"
+    specs = [
+        (
+            "kind-map",
+            "Pattern kind of every head",
+            "modal kind over content types; text: share of content types that agree",
+            pc.kind_map_chart,
+            store.read_table("phase2_kind_stability"),
+        ),
+        (
+            "head-content",
+            "Head × content type: kind and fitted coverage",
+            f"{at}; text: recall of the fitted pattern",
+            pc.head_content_chart,
+            heads[heads["seq_len"] == t],
+        ),
+        (
+            "content-kind",
+            "Content type × kind: share of heads",
+            f"{at}; 'all' pools the content types",
+            pc.content_kind_chart,
+            dist[dist["seq_len"] == t],
+        ),
+        (
+            "pareto",
+            "Recall against density, every method",
+            f"{at}; mean over heads and content types; dense attention of each head (DSA: what it would have been)",
+            pc.pareto_chart,
+            curves,
+        ),
+        (
+            "clusters",
+            "Heads in feature space",
+            "PCA of standardised features, all lengths and content types; "
+            "colour: KMeans (k by silhouette), shape: kind",
+            pc.cluster_chart,
+            points[points["scope"] == "model"],
+        ),
+        (
+            "sparsify",
+            "Sparsify one head: validation-loss change",
+            f"{at}; each head alone restricted to its fitted pattern; all content types",
+            pc.sparsify_chart,
+            sparsify[sparsify["content_type"] == "all"],
+        ),
+        (
+            "ground-truth",
+            "Synthetic tasks: attention on the ground-truth needed keys",
+            f"{at}; colour: mass on needed keys; text: lift over a uniform row",
+            pc.ground_truth_chart,
+            gt[gt["seq_len"] == t],
+        ),
+    ]
+    for model in sorted(curves["model"].unique()):
+        specs.append(
+            (
+                f"pareto-{model}",
+                f"Recall against density per head · {model}",
+                f"{at}; mean over content types",
+                pc.pareto_heads_chart,
+                curves[curves["model"] == model],
+            )
+        )
+    if store.table_exists("phase2_relevance"):
+        rel = store.read_table("phase2_relevance")
+        specs.append(
+            (
+                "relevance",
+                "What the DSA indexer selects, against chance",
+                f"{at}; queries t >= k",
+                pc.relevance_chart,
+                rel[rel["seq_len"] == t],
+            )
+        )
+    return [(name, title, builder(df, title, sub)) for name, title, sub, builder, df in specs]
+
+
+def _save(item: tuple, scale: float) -> dict:
+    root, run_id, name, title, chart = item
+    saved = save_chart(RunStore(root, run_id), FOLDER, name, title, chart, scale)
+    return {"name": saved.name, "title": saved.title, "png": saved.png, "html": saved.html}
+
+
+def draw_phase2_charts(store: RunStore, root: str, png_scale: float = 1.5, client=None) -> pd.DataFrame:
+    """Render every chart (on `client`, one task each) and write the `phase2_charts` listing; return it."""
+    items = [(root, store.run_id, name, title, chart) for name, title, chart in chart_specs(store)]
+    listing = pd.DataFrame(gather(client, submit_map(client, _save, items, scale=png_scale)))
+    store.write_table("phase2_charts", listing.assign(run_id=store.run_id))
+    return listing
+
+
+def _label(df: pd.DataFrame) -> pd.Series:
+    return df["model"] + " L" + df["layer"].astype(str) + "·H" + df["head"].astype(str)
+
+
+def phase2_key_numbers(store: RunStore) -> dict[str, pd.DataFrame]:
+    """Small tables for the report and artifacts: kinds, clusters, efficiency, sparsify extremes, ground truth."""
+    t = reference_length(store)
+    dist = store.read_table("phase2_kind_distribution")
+    kinds = (
+        dist[(dist["seq_len"] == t) & (dist["content_type"] == "all")]
+        .pivot_table(index="model", columns="kind", values="n_heads", fill_value=0)
+        .reset_index()
+    )
+    summary = store.read_table("phase2_cluster_summary")
+    clusters = summary.groupby(["model", "scope"], as_index=False)[
+        ["kmeans_k", "silhouette", "ari_kmeans", "hdbscan_clusters", "ari_hdbscan"]
+    ].mean()
+    eff = store.read_table("phase2_efficiency")
+    eff = eff.assign(flops_vs_dense=eff["flops_per_query"] / eff["dense_flops_per_query"])
+    efficiency = eff.groupby(["model", "method"], as_index=False)[
+        ["auc_vs_oracle", "op_density", "op_recall", "op_regret", "flops_vs_dense"]
+    ].mean()
+    sp = store.read_table("phase2_sparsify")
+    sp = sp[(sp["content_type"] == "all") & sp["sparsified"]].assign(head_name=lambda d: _label(d))
+    cols = ["head_name", "kind", "coverage", "fit_density", "base_loss", "delta_loss"]
+    ranked = sp.sort_values("delta_loss", ascending=False)  # heads broad everywhere were not sparsified
+    gt = store.read_table("phase2_ground_truth")
+    best = gt[(gt["seq_len"] == t) & (gt["rank"] == 1)].assign(head_name=lambda d: _label(d))
+    return {
+        "kinds": kinds,
+        "clusters": clusters,
+        "efficiency": efficiency,
+        "sparsify_most": ranked.head(3)[cols].reset_index(drop=True),
+        "sparsify_least": ranked.tail(3).iloc[::-1][cols].reset_index(drop=True),
+        "ground_truth": best[
+            ["content_type", "head_name", "kind", "needed_mass", "needed_argmax", "needed_chance", "lift"]
+        ].reset_index(drop=True),
+    }
+
+
+def _heads_sentence(df: pd.DataFrame) -> str:
+    return ", ".join(f"{r.head_name} ({r.kind}, Δ {r.delta_loss:+.4f})" for r in df.itertuples())
+
+
+def phase2_body(store: RunStore) -> str:
+    """HTML of the Phase 2 section: key numbers, the sparsify extremes named, then every chart."""
+    numbers = phase2_key_numbers(store)
+    t = reference_length(store)
+    charts = store.read_table("phase2_charts")
+    parts = [
+        f'<p class="note">Kinds and features come from the capture tables (maps of dense models are their top-m '
+        f"approximation, measured on the last queries of long maps); curves, FLOPs and sparsify-one-head capture "
+        f"directly from the models at T = {t}. Recall = mean over queries of the dense attention mass kept; the "
+        f"oracle keeps the heaviest entries of the whole map.</p>",
+        "<h3>Sparsify one head</h3>",
+        f"<p>Costing the most loss: {html.escape(_heads_sentence(numbers['sparsify_most']))}.<br>"
+        f"Costing the least: {html.escape(_heads_sentence(numbers['sparsify_least']))}.</p>",
+        table_html(numbers["sparsify_most"], 4),
+        table_html(numbers["sparsify_least"], 4),
+        f"<h3>Kinds at T = {t} (heads × content types)</h3>",
+        table_html(numbers["kinds"]),
+        "<h3>Clusters against kinds (mean over groups; model scope pools everything)</h3>",
+        table_html(numbers["clusters"]),
+        "<h3>Efficiency per method (mean over heads and content types)</h3>",
+        table_html(numbers["efficiency"]),
+        "<h3>Synthetic tasks: strongest head per task</h3>",
+        table_html(numbers["ground_truth"]),
+    ]
+    for row in charts.itertuples(index=False):
+        parts.append(figure_html(store.read_bytes(row.png), row.title, row.html))
+    return "".join(parts)
+
+
+def write_phase2_report(store: RunStore) -> str:
+    """Write the Phase 2 section and rebuild report.html; return the report's path."""
+    write_section(store, SECTION_KEY, SECTION_TITLE, phase2_body(store), SECTION_ORDER)
+    return build_report(store)
