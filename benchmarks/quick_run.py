@@ -46,7 +46,10 @@ def report(store: RunStore, wall_s: float | None) -> bool:
     print(markdown_table(by_len))
     ratio_ok = bool((table[table.seq_len == t]["ratio"] <= LOSS_RATIO_MAX).all())
     phases = store.read_manifest()["phases"]
-    seconds = {name: phases.get(name, {}).get("seconds") or 0.0 for name in ("train", "evaluate", "capture")}
+    seconds = {
+        name: phases.get(name, {}).get("seconds") or 0.0
+        for name in ("train", "evaluate", "capture", "interpret", "patterns")
+    }
     train_eval = seconds["train"] + seconds["evaluate"]
     time_ok = train_eval <= TIME_MAX_S
     print(

@@ -1,7 +1,7 @@
 """`sparselens` command line: run the whole pipeline, or re-run one phase of an existing run.
 
     sparselens run --preset quick [--root DIR] [--run-id ID] [--topk K]
-    sparselens phase train|evaluate|capture|interpret --run-id ID [--root DIR]
+    sparselens phase train|evaluate|capture|interpret|patterns --run-id ID [--root DIR] [--dask-address ADDR]
     sparselens runs [--root DIR]
 
 Inputs are checked before Prefect starts, so a bad preset, k, run id or checkpoint gives one clear error, a
@@ -21,7 +21,7 @@ from sparselens.config import ConfigError, RunParams, get_preset
 from sparselens.storage import DEFAULT_ROOT, CorruptCheckpointError, RunNotFoundError, RunStore, list_runs
 from sparselens.training import StageNotDoneError, TrainingDivergedError
 
-PHASES = ("train", "evaluate", "capture", "interpret")  # as in sparselens.flows.PHASES (kept light: no Prefect)
+PHASES = ("train", "evaluate", "capture", "interpret", "patterns")  # = sparselens.flows.PHASES, without Prefect
 USER_ERRORS = (
     ConfigError,
     RunNotFoundError,
@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     phase.add_argument("name", choices=PHASES)
     phase.add_argument("--run-id", required=True)
     phase.add_argument("--root", default=DEFAULT_ROOT)
+    phase.add_argument("--dask-address", default=None, help="patterns: an existing Dask scheduler (default: local)")
     runs = sub.add_parser("runs", help="list the runs under a root")
     runs.add_argument("--root", default=DEFAULT_ROOT)
     return parser
@@ -81,7 +82,8 @@ def _phase(args: argparse.Namespace) -> int:
     from sparselens.flows import phase_flow
 
     flow, params_cls = phase_flow(args.name)
-    flow(params_cls(run_id=args.run_id, root=args.root))
+    extra = {"dask_address": args.dask_address} if args.name == "patterns" and args.dask_address else {}
+    flow(params_cls(run_id=args.run_id, root=args.root, **extra))
     print(f"phase {args.name} of run {args.run_id} finished: {store.path()}")
     return 0
 

@@ -8,6 +8,7 @@ _PHASES = {
     "evaluate": ("sparselens.flows.evaluate", "evaluate", None),
     "capture": ("sparselens.flows.capture", "capture", "CaptureParams"),
     "interpret": ("sparselens.flows.interpret", "interpret", "InterpretParams"),
+    "patterns": ("sparselens.flows.patterns", "patterns", "PatternsParams"),
 }
 PHASES = tuple(_PHASES)
 

@@ -1,4 +1,4 @@
-"""The parent flow: create a run, train, evaluate, capture, interpret (later phases plug in as subflows)."""
+"""The parent flow: create a run, train, evaluate, capture, interpret, patterns (later phases plug in as subflows)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from sparselens.config import PhaseParams, RunParams, get_preset
 from sparselens.flows.capture import CaptureParams, capture
 from sparselens.flows.evaluate import evaluate
 from sparselens.flows.interpret import InterpretParams, interpret
+from sparselens.flows.patterns import PatternsParams, patterns
 from sparselens.flows.train import TrainParams, train
 from sparselens.runs import new_run_id
 from sparselens.tasks.train import create_run
@@ -23,4 +24,5 @@ def pipeline(params: RunParams) -> str:
     evaluate(PhaseParams(run_id=run_id, root=params.root))
     capture(CaptureParams(run_id=run_id, root=params.root))
     interpret(InterpretParams(run_id=run_id, root=params.root))
+    patterns(PatternsParams(run_id=run_id, root=params.root))
     return run_id

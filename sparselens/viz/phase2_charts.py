@@ -45,7 +45,7 @@ def kind_map_chart(stability: pd.DataFrame, title: str, subtitle: str) -> alt.Fa
     df = stability.rename(columns={"modal_kind": "kind"})
     base = alt.Chart(df).encode(x=alt.X("head:O", title="head"), y=alt.Y("layer:O", title="layer"))
     cells = base.mark_rect(stroke="white").encode(
-        color=_kind_color("modal kind over content types"),
+        color=_kind_color("modal kind"),
         tooltip=["model", "seq_len", "layer", "head", "kind", "kinds"],
     )
     text = base.mark_text(fontSize=10).encode(text=alt.Text("stability:Q", format=".0%"))
@@ -85,10 +85,10 @@ def content_kind_chart(dist: pd.DataFrame, title: str, subtitle: str) -> alt.Fac
     return _titled(chart.facet(column=alt.Column("model:N", title="model")), title, subtitle)
 
 
-def _density_axis() -> alt.X:
-    return alt.X(
-        "density:Q", title="density (share of the causal area kept)", scale=alt.Scale(type="log", domain=[1 / 256, 1])
-    )
+def _density_axis(short: bool = False) -> alt.X:
+    title = "density" if short else "density (share of the causal area kept)"
+    axis = alt.Axis(values=[0.01, 0.1, 1], format="~g") if short else alt.Axis(format="~g")
+    return alt.X("density:Q", title=title, axis=axis, scale=alt.Scale(type="log", domain=[1 / 256, 1]))
 
 
 def pareto_chart(curves: pd.DataFrame, title: str, subtitle: str) -> alt.FacetChart:
@@ -118,7 +118,7 @@ def pareto_heads_chart(curves: pd.DataFrame, title: str, subtitle: str) -> alt.F
         alt.Chart(df)
         .mark_line()
         .encode(
-            x=_density_axis(),
+            x=_density_axis(short=True),
             y=alt.Y("recall:Q", title="recall", scale=alt.Scale(domain=[0, 1])),
             color=_method_color(),
         )

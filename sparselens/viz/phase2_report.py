@@ -27,90 +27,115 @@ def reference_length(store: RunStore) -> int:
     return int(store.read_table("phase2_sparsify", columns=["seq_len"])["seq_len"].iloc[0])
 
 
+# name, title, subtitle ({at} = "T = <reference length>"), builder, table, rows kept ("ref": seq_len == T)
+CHARTS = (
+    (
+        "kind-map",
+        "Pattern kind of every head",
+        "modal kind over content types; text: share of content types that agree",
+        pc.kind_map_chart,
+        "phase2_kind_stability",
+        None,
+    ),
+    (
+        "head-content",
+        "Head × content type: kind and fitted coverage",
+        "{at}; text: recall of the fitted pattern",
+        pc.head_content_chart,
+        "phase2_head_features",
+        "ref",
+    ),
+    (
+        "content-kind",
+        "Content type × kind: share of heads",
+        "{at}; 'all' pools the content types",
+        pc.content_kind_chart,
+        "phase2_kind_distribution",
+        "ref",
+    ),
+    (
+        "pareto",
+        "Recall against density, every method",
+        "{at}; mean over heads and content types; dense attention of each head (DSA: what it would have been)",
+        pc.pareto_chart,
+        "phase2_curves",
+        None,
+    ),
+    (
+        "clusters",
+        "Heads in feature space",
+        "PCA of standardised features, all lengths and content types; colour: KMeans (k by silhouette), shape: kind",
+        pc.cluster_chart,
+        "phase2_clusters",
+        "model scope",
+    ),
+    (
+        "sparsify",
+        "Sparsify one head: validation-loss change",
+        "{at}; each head alone restricted to its fitted pattern (per content type); all content types",
+        pc.sparsify_chart,
+        "phase2_sparsify",
+        "all",
+    ),
+    (
+        "ground-truth",
+        "Synthetic tasks: attention on the ground-truth needed keys",
+        "{at}; colour: mass on needed keys; text: lift over a uniform row",
+        pc.ground_truth_chart,
+        "phase2_ground_truth",
+        "ref",
+    ),
+    (
+        "pareto-dense",
+        "Recall against density per head · dense",
+        "{at}; mean over content types",
+        pc.pareto_heads_chart,
+        "phase2_curves",
+        "dense",
+    ),
+    (
+        "pareto-dsa",
+        "Recall against density per head · dsa",
+        "{at}; dense attention the DSA heads would have had; mean over content types",
+        pc.pareto_heads_chart,
+        "phase2_curves",
+        "dsa",
+    ),
+    (
+        "relevance",
+        "What the DSA indexer selects, against chance",
+        "{at}; queries t >= k",
+        pc.relevance_chart,
+        "phase2_relevance",
+        "ref",
+    ),
+)
+
+
+def _rows(df: pd.DataFrame, keep: str | None, t: int) -> pd.DataFrame:
+    if keep == "ref":
+        return df[df["seq_len"] == t]
+    if keep == "model scope":
+        return df[df["scope"] == "model"]
+    if keep == "all":
+        return df[df["content_type"] == "all"]
+    if keep in ("dense", "dsa"):
+        return df[df["model"] == keep]
+    return df
+
+
 def chart_specs(store: RunStore) -> list[tuple[str, str, object]]:
-    """(name, title, chart) of every Phase 2 chart."""
+    """(name, title, chart) of every Phase 2 chart whose table exists and has rows."""
     t = reference_length(store)
-    heads = store.read_table("phase2_head_features")
-    dist = store.read_table("phase2_kind_distribution")
-    curves = store.read_table("phase2_curves")
-    points = store.read_table("phase2_clusters")
-    sparsify = store.read_table("phase2_sparsify")
-    gt = store.read_table("phase2_ground_truth")
-    at = f"T = {t}"
-    specs = [
-        (
-            "kind-map",
-            "Pattern kind of every head",
-            "modal kind over content types; text: share of content types that agree",
-            pc.kind_map_chart,
-            store.read_table("phase2_kind_stability"),
-        ),
-        (
-            "head-content",
-            "Head × content type: kind and fitted coverage",
-            f"{at}; text: recall of the fitted pattern",
-            pc.head_content_chart,
-            heads[heads["seq_len"] == t],
-        ),
-        (
-            "content-kind",
-            "Content type × kind: share of heads",
-            f"{at}; 'all' pools the content types",
-            pc.content_kind_chart,
-            dist[dist["seq_len"] == t],
-        ),
-        (
-            "pareto",
-            "Recall against density, every method",
-            f"{at}; mean over heads and content types; dense attention of each head (DSA: what it would have been)",
-            pc.pareto_chart,
-            curves,
-        ),
-        (
-            "clusters",
-            "Heads in feature space",
-            "PCA of standardised features, all lengths and content types; "
-            "colour: KMeans (k by silhouette), shape: kind",
-            pc.cluster_chart,
-            points[points["scope"] == "model"],
-        ),
-        (
-            "sparsify",
-            "Sparsify one head: validation-loss change",
-            f"{at}; each head alone restricted to its fitted pattern; all content types",
-            pc.sparsify_chart,
-            sparsify[sparsify["content_type"] == "all"],
-        ),
-        (
-            "ground-truth",
-            "Synthetic tasks: attention on the ground-truth needed keys",
-            f"{at}; colour: mass on needed keys; text: lift over a uniform row",
-            pc.ground_truth_chart,
-            gt[gt["seq_len"] == t],
-        ),
-    ]
-    for model in sorted(curves["model"].unique()):
-        specs.append(
-            (
-                f"pareto-{model}",
-                f"Recall against density per head · {model}",
-                f"{at}; mean over content types",
-                pc.pareto_heads_chart,
-                curves[curves["model"] == model],
-            )
-        )
-    if store.table_exists("phase2_relevance"):
-        rel = store.read_table("phase2_relevance")
-        specs.append(
-            (
-                "relevance",
-                "What the DSA indexer selects, against chance",
-                f"{at}; queries t >= k",
-                pc.relevance_chart,
-                rel[rel["seq_len"] == t],
-            )
-        )
-    return [(name, title, builder(df, title, sub)) for name, title, sub, builder, df in specs]
+    tables: dict[str, pd.DataFrame] = {}
+    specs = []
+    for name, title, subtitle, builder, table, keep in CHARTS:
+        if table not in tables:
+            tables[table] = store.read_table(table) if store.table_exists(table) else pd.DataFrame()
+        df = _rows(tables[table], keep, t) if len(tables[table]) else tables[table]
+        if len(df):
+            specs.append((name, title, builder(df, title, subtitle.format(at=f"T = {t}"))))
+    return specs
 
 
 def _save(item: tuple, scale: float) -> dict:
@@ -137,7 +162,8 @@ def phase2_key_numbers(store: RunStore) -> dict[str, pd.DataFrame]:
     dist = store.read_table("phase2_kind_distribution")
     kinds = (
         dist[(dist["seq_len"] == t) & (dist["content_type"] == "all")]
-        .pivot_table(index="model", columns="kind", values="n_heads", fill_value=0)
+        .pivot_table(index="model", columns="kind", values="n_heads", fill_value=0, aggfunc="sum")
+        .astype("int64")
         .reset_index()
     )
     summary = store.read_table("phase2_cluster_summary")

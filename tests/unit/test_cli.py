@@ -35,7 +35,7 @@ def test_nonpositive_k(tmp_path, capsys, k):
     assert not (tmp_path / "store").exists()
 
 
-@pytest.mark.parametrize("phase", ["train", "evaluate", "capture", "interpret"])
+@pytest.mark.parametrize("phase", ["train", "evaluate", "capture", "interpret", "patterns"])
 def test_phase_on_missing_run(tmp_path, capsys, phase):
     code, err = run_cli(capsys, "phase", phase, "--run-id", "nope", "--root", str(tmp_path / "store"))
     assert code == 2 and "'nope'" in err and "not found" in err and "sparselens run" in err
