@@ -76,7 +76,7 @@ def connect(address: str) -> Iterator[Any]:
     """A client connected to a running scheduler at `address`, closed on exit (the cluster keeps running)."""
     from distributed import Client
 
-    with Client(address) as client:
+    with Client(address, set_as_default=False) as client:  # never leave a global scheduler behind
         yield client
 
 
