@@ -58,8 +58,10 @@ def _copy_run(src: RunStore, dest: str) -> RunStore:
 
 
 def _warm_up(client, store: RunStore) -> None:
-    """One-time costs of a fresh worker process, excluded from the timing: imports, the V8 runtime of vl-convert,
-    sklearn's and torch's first calls; and the capture files read once so every round reads them from cache."""
+    """One-time costs of a fresh process, excluded from the timing: imports, the V8 runtime of vl-convert and its
+    HTML bundle (about 2 s on the first `chart_html` of a process), sklearn's and torch's first calls on every
+    worker; the driver's first import of dask.dataframe (about 1 s, else paid by the first round only); and the
+    capture files read once so every round reads them from cache."""
 
     def first_calls() -> None:
         import altair as alt
@@ -69,13 +71,16 @@ def _warm_up(client, store: RunStore) -> None:
 
         import sparselens.analysis.modelruns  # noqa: F401
         import sparselens.analysis.phase2  # noqa: F401
-        from sparselens.viz.save import chart_png
+        from sparselens.viz.save import chart_html, chart_png
 
-        chart_png(alt.Chart(pd.DataFrame({"x": [0, 1]})).mark_point().encode(x="x:Q"))
+        chart = alt.Chart(pd.DataFrame({"x": [0, 1]})).mark_point().encode(x="x:Q")
+        chart_png(chart)
+        chart_html(chart)
         KMeans(n_clusters=2, n_init=2, random_state=0).fit(np.random.default_rng(0).random((8, 3)))
         torch.ones(8, 8) @ torch.ones(8, 8)
 
     client.run(first_calls)
+    import dask.dataframe  # noqa: F401  (the driver builds the feature graphs)
     for name in ("query_stats", "attention_topk", "selections"):
         for path in store.fs.find(store.table_path(name)):
             store.fs.cat_file(path)
