@@ -124,7 +124,17 @@ def check_fp32() -> None:
             f"{errs[1]:.1e}/{errs[2]:.1e}/{errs[3]:.1e} {'ok' if ok else 'FAIL'}")  # fmt: skip
 
 
+def local_selection() -> torch.Tensor:
+    """Each query's K most recent keys (itself included): the best case for tile skipping, what a sliding-window
+    head would select. Indices [1, L, K], ascending, -1 where fewer than K keys exist."""
+    t = torch.arange(L, device=DEV).view(L, 1)
+    idx = t - K + 1 + torch.arange(K, device=DEV).view(1, K)
+    return torch.where(idx >= 0, idx, -1).unsqueeze(0)
+
+
 def make_selection(mode: str) -> torch.Tensor:
+    if mode == "local":
+        return local_selection()
     make = trained_like_indexer_inputs if mode == "trained_like" else random_indexer_inputs
     x = {n: t.to(DEV) for n, t in make(1, L, L, HI, DI, seed=0).items()}
     t = time.perf_counter()
@@ -231,7 +241,7 @@ def main() -> None:
     sdpa_ms = sdpa[1]
     say(f"  SDPA causal: {sdpa_ms:.2f} ms = {4 * H * D * L * (L + 1) / 2 / sdpa_ms / 1e9:.1f} TFLOP/s")
     last_idx = None
-    for mode in ("trained_like", "random"):
+    for mode in ARGS.modes:
         if time.perf_counter() - T0 > ARGS.budget_s - 60:
             say(f"  {mode}: skipped (time budget)")
             continue
@@ -253,6 +263,14 @@ if __name__ == "__main__":
     parser.add_argument("--budget-s", type=float, default=230.0, help="skip later sections past this many seconds")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compile is slow)")
     parser.add_argument("--skip-fp32", action="store_true", help="skip section 1 (its many compiles take ~2 min)")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["trained_like", "random"],
+        choices=["trained_like", "random", "local"],
+        help="selections to time at the acceptance size (local: a sliding window of k keys, the tile-skipping "
+        "best case)",
+    )
     parser.add_argument("--smoke-cpu", action="store_true", help="tiny sizes on the CPU through the interpreter")
     ARGS = parser.parse_args()
     if ARGS.smoke_cpu:

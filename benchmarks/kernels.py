@@ -11,9 +11,10 @@ no ratio is reported for a total that includes it. Warm-up calls are excluded; e
 autograd.
 
 Selection modes: `random` (Gaussian indexer inputs: scattered selections), `trained_like` (sinks, a local window
-and clustered content, see `sparselens.kernels.selections`), or `--checkpoint PATH`: indexer inputs captured
-from a trained model (`torch.save({"q": [B,T,HI,DI], "k": [B,S,DI], "w": [B,T,HI]}, PATH)`), which replaces the
-synthetic modes and fixes L to the captured length.
+and clustered content, see `sparselens.kernels.selections`), or `--checkpoint PATH [PATH ...]`: indexer inputs
+captured from a trained model (`torch.save({"q": [B,T,HI,DI], "k": [B,S,DI], "w": [B,T,HI]}, PATH)`, e.g. by
+`benchmarks/indexer_inputs.py`), one row each, at the captured length and indexer shape (the floor uses that
+shape); `--modes` adds synthetic rows at that length beside them.
 
 Run with `OMP_WAIT_POLICY=PASSIVE` (torch's idle OpenMP threads then sleep instead of spinning while the kernel
 threads work) on an otherwise idle machine; compare ratios, not absolute times, across machines:
@@ -91,11 +92,11 @@ def checks(x, qkv, scores, sel, fused, attn_out, rows) -> dict[str, bool]:
     }
 
 
-def flop_floor(T: int, S: int) -> float:
-    """(indexer + sparse attention FLOPs) / dense causal attention FLOPs."""
+def flop_floor(T: int, S: int, hi: int = HI, di: int = DI) -> float:
+    """(indexer + sparse attention FLOPs) / dense causal attention FLOPs, for an indexer of hi heads of dim di."""
     seen = torch.clamp(torch.arange(T) + (S - T) + 1, min=0, max=S).double()  # keys each query may see
     pairs, selected = seen.sum().item(), seen.clamp(max=TOPK).sum().item()
-    return (2 * HI * DI * pairs + 4 * H * D * selected) / (4 * H * D * pairs)
+    return (2 * hi * di * pairs + 4 * H * D * selected) / (4 * H * D * pairs)
 
 
 def bench_length(x: dict[str, torch.Tensor], backend: str, repeats: int) -> dict[str, object]:
@@ -110,7 +111,7 @@ def bench_length(x: dict[str, torch.Tensor], backend: str, repeats: int) -> dict
     row["fused"], fused = timed(lambda: kernels.indexer_topk(x["q"], x["k"], x["w"], TOPK, backend=backend), repeats)
     row["attention"], out = timed(lambda: kernels.sparse_attention(q, k, v, fused, backend=backend), repeats)
     row["ok"] = checks(x, (q, k, v), scores, sel, fused, out, sample_queries(T))
-    row["floor"] = flop_floor(T, S)
+    row["floor"] = flop_floor(T, S, *x["q"].shape[2:])
     return row
 
 
@@ -184,8 +185,10 @@ def describe_device() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
-    parser.add_argument("--modes", nargs="+", default=list(INDEXER_INPUTS), choices=list(INDEXER_INPUTS))
-    parser.add_argument("--checkpoint", help="captured indexer inputs (q, k, w) to use instead of synthetic ones")
+    parser.add_argument("--modes", nargs="+", choices=list(INDEXER_INPUTS), help="default: all without --checkpoint")
+    parser.add_argument(
+        "--checkpoint", nargs="+", help="captured indexer inputs (q, k, w) to use instead of synthetic ones"
+    )
     parser.add_argument("--backend", default="cpu", choices=["cpu", "reference", "triton"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch (and kernel) threads; default: torch's choice")
@@ -205,16 +208,23 @@ def main() -> None:
     clock = "CPU" if args.cpu_time else "wall"
     setup = f"H={H} D={D} HI={HI} DI={DI} k={TOPK} fp32, batch 1, causal"
     print(f"{setup}; {clock} time, median of {args.repeats} after warm-up\n")
+    modes = args.modes if args.modes is not None else ([] if args.checkpoint else list(INDEXER_INPUTS))
+    workloads = [(mode, lambda L, m=mode: INDEXER_INPUTS[m](1, L, L, HI, DI)) for mode in modes]
+    lengths = args.lengths
     if args.checkpoint:
-        x = load_indexer_inputs(args.checkpoint)
-        workloads = [("checkpoint", x["q"].shape[1], lambda L, x=x: {n: t[:1].contiguous() for n, t in x.items()})]
-    else:
-        workloads = [(mode, None, lambda L, m=mode: INDEXER_INPUTS[m](1, L, L, HI, DI)) for mode in args.modes]
+        captured = [load_indexer_inputs(path) for path in args.checkpoint]
+        lengths = sorted({x["q"].shape[1] for x in captured})
+        for i, (path, x) in enumerate(zip(args.checkpoint, captured, strict=True)):
+            hi, di = x["q"].shape[2:]
+            print(f"captured {i}: {path} (HI={hi}, DI={di}, T={x['q'].shape[1]})")
+            workloads.append((f"captured {i}", lambda L, x=x: {n: t[:1].contiguous() for n, t in x.items()}))
+        print()
     print(HEADER)
-    lengths = [workloads[0][1]] if args.checkpoint else args.lengths
     for L in lengths:
-        for mode, _, make in workloads:
-            print(table_line(mode, bench_length(make(L), args.backend, args.repeats)), flush=True)
+        for mode, make in workloads:
+            x = make(L)
+            if x["q"].shape[1] == L:
+                print(table_line(mode, bench_length(x, args.backend, args.repeats)), flush=True)
     if not args.no_training:
         bench_training(args.backend, args.repeats)
 
