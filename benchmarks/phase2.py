@@ -81,6 +81,7 @@ def _warm_up(client, store: RunStore) -> None:
 
     client.run(first_calls)
     import dask.dataframe  # noqa: F401  (the driver builds the feature graphs)
+
     for name in ("query_stats", "attention_topk", "selections"):
         for path in store.fs.find(store.table_path(name)):
             store.fs.cat_file(path)

@@ -103,3 +103,23 @@ def test_bad_shapes_raise():
         sparse_attention(q, k, k, torch.zeros(1, 5, 2, dtype=torch.int64))
     with pytest.raises(ValueError, match="int64 or int32"):
         sparse_attention(q, k, k, torch.zeros(1, 4, 2))
+
+
+def test_cpu_canonical_check_passes_only_canonical_rows():
+    """The compiled check lets ascending rows with out-of-range padding through as they are (the kernels skip
+    such entries) and sends anything else (repeats, descending, a valid entry after padding) to the sort."""
+    from sparselens.kernels.sparse_attention import cpu
+
+    S = 10
+    canonical_rows = [[0, 3, 9, -1], [2, 5, 10, -7], [-1, -1, -1, -1], [1, 2, 3, 4]]
+    for row in canonical_rows:
+        idx = torch.tensor([[row]])
+        assert cpu.canonical(idx, S) is not None and torch.equal(cpu.canonical(idx, S), idx)
+    for row in ([3, 3, 5, -1], [5, 3, -1, -1], [2, -1, 4, -1], [0, 12, 4, -1]):
+        idx = torch.tensor([[row]])
+        assert torch.equal(cpu.canonical(idx, S), reference.canonical_indices(idx, S))
+    q, k, v = (torch.randn(1, 4, 2, 8) for _ in range(3))
+    idx = torch.tensor([[[0, 3, 9, -1], [2, 5, 10, -7], [-1, -1, -1, -1], [2, -1, 4, 4]]])
+    k, v = torch.randn(1, S, 2, 8), torch.randn(1, S, 2, 8)
+    got = sparse_attention(q, k, v, idx, backend="cpu")
+    assert error_ratio(got, reference.sparse_attention(q, k, v, idx)) <= TOL

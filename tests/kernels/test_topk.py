@@ -89,3 +89,20 @@ def test_heavy_ties_keep_exact_top_k(k):
     out = topk_indices(scores, k, backend="cpu")
     assert check_selection(out, scores, k) is None
     assert same_selection(out, reference.topk_indices(scores, k), scores)
+
+
+def test_indexer_topk_cpu_exact_when_the_sample_misleads():
+    """The compiled top-k starts each query at a threshold guessed from every 8th 16-key panel. Keys that score
+    high only in those panels make the guess too high for the rest; the result must still be the exact top-k."""
+    B, T, S, HI, DI, k = 1, 400, 1024, 4, 8, 64
+    g = torch.Generator().manual_seed(5)
+    q = torch.zeros(B, T, HI, DI)
+    q[..., 0] = 1.0
+    w = torch.ones(B, T, HI) / HI
+    keys = torch.rand(B, S, DI, generator=g)
+    sampled = (torch.arange(S) // 16) % 8 == 0
+    keys[0, sampled, 0] = 5.0 + torch.rand(int(sampled.sum()), generator=g)  # the sample outscores the rest
+    scores = ref_scores(q, keys, w)
+    got = indexer_topk(q, keys, w, k, backend="cpu")
+    assert check_selection(got, scores, k) is None
+    assert same_selection(got, reference.indexer_topk(q, keys, w, k), scores)

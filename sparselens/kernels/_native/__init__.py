@@ -33,6 +33,7 @@ _SIGNATURES = {
     "sl_indexer_topk": [_P, _P, _P, _P, _I64, _I64, _I64, _I32, _I32, _I32, _I32, _I32, _I32, _CTR],
     "sl_indexer_scores": [_P, _P, _P, _P, _I64, _I64, _I64, _I32, _I32, _I32, _I32, _I32, _CTR],
     "sl_topk_rows": [_P, _P, _I64, _I64, _I32, _CTR],
+    "sl_rows_canonical": [_P, _I64, _I32, _I64, _P, _CTR],
     "sl_sparse_attn_fwd": [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I32, _I32, _I32, _F32, _I32, _CTR],
     "sl_sparse_attn_bwd": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I32, _I32, _I32, _F32, _CTR],
 }

@@ -34,7 +34,8 @@ static void score_tile(const float *qt, const float *wt, const float *panel, int
         const float *q0 = qt + (int64_t)g * DI, *q1 = q0 + DI, *q2 = q1 + DI, *q3 = q2 + DI;
         __m256 a00 = z, a01 = z, a10 = z, a11 = z, a20 = z, a21 = z, a30 = z, a31 = z;
         for (int d = 0; d < DI; d++) {
-            const __m256 k0 = _mm256_loadu_ps(panel + d * PW), k1 = _mm256_loadu_ps(panel + d * PW + 8);
+            __m256 k0 = _mm256_loadu_ps(panel + d * PW), k1 = _mm256_loadu_ps(panel + d * PW + 8);
+            __asm__("" : "+x"(k0), "+x"(k1)); /* keep the row in registers: gcc would fold its load into all 4 FMAs */
             __m256 b = _mm256_broadcast_ss(q0 + d);
             a00 = _mm256_fmadd_ps(b, k0, a00), a01 = _mm256_fmadd_ps(b, k1, a01);
             b = _mm256_broadcast_ss(q1 + d);
@@ -205,23 +206,91 @@ static void topk_finish(topk_state *st, int k, uint64_t *bits, float *tmp, int64
 
 static int topk_cap(int k) { return 4 * k + 2 * PW; }
 
-/* ---- fused indexer top-k: items are (batch, query block), largest causal extent first ---- */
+/* ---- fused indexer top-k: items are (batch, query block), largest causal extent first ----
+ *
+ * A streaming top-k pays for every key that beats the running threshold, and early on almost every key does
+ * (about k (1 + ln(n / k)) insertions plus the compactions they trigger). So each query first scores a sample,
+ * every SAMPLE_STRIDE-th panel of its causal range, and starts the stream at the r-th largest sample score,
+ * r = 1.5 k m / n + 8 (m sampled of n allowed keys): about 1.5 k keys overall beat that. The sampled panels are
+ * not scored again. The start is a guess, checked at the end: when at least k keys beat it, every key of the top
+ * k did (the k-th largest is above it) and the result is exact; otherwise (rare: a sample unlike the rest) the
+ * query is streamed again from -inf. */
+
+#define SAMPLE_STRIDE 8
+
+static void topk_start(topk_state *st, int k, float thr) {
+    st->n = 0, st->limit = 2 * k + 2 * PW, st->thr = thr;
+}
+
+/* Streams query t's panels [plo, phi] (descending) into st, skipping sampled panels when skip_sampled. */
+static void stream_panels(topk_state *st, const float *qt, const float *wt, const float *kb, int HP, int DI,
+                          int64_t plo, int64_t phi, int64_t lim, int skip_sampled, int k, int cap, float *tmp) {
+    float sc[PW];
+    for (int64_t p = imin(phi, lim / PW); p >= plo; p--) {
+        if (skip_sampled && p % SAMPLE_STRIDE == 0) continue;
+        score_tile(qt, wt, kb + p * DI * PW, HP, DI, sc);
+        topk_filter(st, sc, (int)imin(PW, lim - p * PW + 1), p * PW, k, cap, tmp);
+    }
+}
+
+/* Scores the sampled panels of one query, sets the start threshold and inserts the sample; returns it. */
+static float sample_start(topk_state *st, const float *qt, const float *wt, const float *kb, int HP, int DI,
+                          int64_t lim, int k, int cap, float *sval, int32_t *sidx, float *tmp) {
+    float sc[PW];
+    int m = 0;
+    for (int64_t p = 0; p * PW <= lim; p += SAMPLE_STRIDE) {
+        const int n = (int)imin(PW, lim - p * PW + 1);
+        score_tile(qt, wt, kb + p * DI * PW, HP, DI, sc);
+        for (int i = 0; i < n; i++) sval[m + i] = sc[i], sidx[m + i] = (int32_t)(p * PW + i);
+        m += n;
+    }
+    const int r = (int)(1.5 * k * m / (double)(lim + 1)) + 8;
+    float thr = -INFINITY;
+    if (m > r && r < k) { /* else the sample cannot rule anything out */
+        memcpy(tmp, sval, sizeof(float) * (size_t)m);
+        thr = kth_largest(tmp, tmp + m, m, r);
+        thr = nextafterf(thr, -INFINITY); /* keys equal to the r-th largest still pass the strict filter */
+    }
+    topk_start(st, k, thr);
+    for (int i0 = 0; i0 < m; i0 += PW) { /* the sample enters like any other scores */
+        const int n = m - i0 < PW ? m - i0 : PW;
+        uint32_t mask = 0;
+        for (int i = 0; i < n; i++) mask |= (uint32_t)(sval[i0 + i] > st->thr) << i;
+        while (mask) {
+            const int i = __builtin_ctz(mask);
+            st->val[st->n] = sval[i0 + i], st->idx[st->n] = sidx[i0 + i], st->n++;
+            mask &= mask - 1;
+        }
+        if (st->n > st->limit - PW) topk_compact(st, k, cap, tmp);
+    }
+    return thr;
+}
 
 int sl_indexer_topk(const float *q, const float *kp, const float *w, int64_t *out, int64_t B, int64_t T, int64_t S,
                     int HP, int DI, int causal, int k, int tq, int np_block, int64_t *counter) {
     const int64_t npan = (S + PW - 1) / PW, nqb = (T + tq - 1) / tq;
     const int cap = topk_cap(k);
-    float *val = malloc(sizeof(float) * (size_t)tq * cap), *tmp = malloc(sizeof(float) * (2 * (size_t)cap + NBINS));
-    int32_t *idx = malloc(sizeof(int32_t) * (size_t)tq * cap);
+    const int64_t smax = (npan / SAMPLE_STRIDE + 1) * PW; /* sampled keys of one query, at most */
+    const size_t ntmp = 2 * (size_t)imax(cap, smax) + NBINS;
+    float *val = malloc(sizeof(float) * (size_t)tq * cap), *tmp = malloc(sizeof(float) * ntmp);
+    float *sval = malloc(sizeof(float) * (size_t)smax), *start = malloc(sizeof(float) * (size_t)tq);
+    int32_t *idx = malloc(sizeof(int32_t) * (size_t)tq * cap), *sidx = malloc(sizeof(int32_t) * (size_t)smax);
     uint64_t *bits = calloc((size_t)(S + 63) / 64 + 1, sizeof(uint64_t));
     topk_state *st = malloc(sizeof(topk_state) * (size_t)tq);
-    if (!val || !tmp || !idx || !bits || !st) return free(val), free(tmp), free(idx), free(bits), free(st), -1;
-    float sc[PW];
+    if (!val || !tmp || !sval || !start || !idx || !sidx || !bits || !st) {
+        free(val), free(tmp), free(sval), free(start), free(idx), free(sidx), free(bits), free(st);
+        return -1;
+    }
     for (int64_t item = next_item(counter); item < B * nqb; item = next_item(counter)) {
         const int64_t b = item / nqb, t0 = (nqb - 1 - item % nqb) * tq, t1 = imin(T, t0 + tq);
         const float *kb = kp + b * npan * DI * PW;
-        for (int64_t t = t0; t < t1; t++)
+        for (int64_t t = t0; t < t1; t++) {
+            const int64_t lim = causal ? imin(S - 1, S - T + t) : S - 1;
+            const float *qt = q + (b * T + t) * HP * DI, *wt = w + (b * T + t) * HP;
             st[t - t0] = (topk_state){val + (t - t0) * cap, idx + (t - t0) * cap, 0, 2 * k + 2 * PW, -INFINITY};
+            start[t - t0] = lim < 0 ? -INFINITY : sample_start(&st[t - t0], qt, wt, kb, HP, DI, lim, k, cap, sval,
+                                                                sidx, tmp);
+        }
         const int64_t last = causal ? imin(S - 1, S - T + t1 - 1) : S - 1;
         for (int64_t phi = last / PW; last >= 0 && phi >= 0; phi -= np_block) {
             const int64_t plo = imax(0, phi - np_block + 1);
@@ -229,15 +298,22 @@ int sl_indexer_topk(const float *q, const float *kp, const float *w, int64_t *ou
                 const int64_t lim = causal ? imin(S - 1, S - T + t) : S - 1;
                 if (lim < plo * PW) continue;
                 const float *qt = q + (b * T + t) * HP * DI, *wt = w + (b * T + t) * HP;
-                for (int64_t p = imin(phi, lim / PW); p >= plo; p--) {
-                    score_tile(qt, wt, kb + p * DI * PW, HP, DI, sc);
-                    topk_filter(&st[t - t0], sc, (int)imin(PW, lim - p * PW + 1), p * PW, k, cap, tmp);
-                }
+                stream_panels(&st[t - t0], qt, wt, kb, HP, DI, plo, phi, lim, 1, k, cap, tmp);
             }
         }
-        for (int64_t t = t0; t < t1; t++) topk_finish(&st[t - t0], k, bits, tmp, out + (b * T + t) * k);
+        for (int64_t t = t0; t < t1; t++) {
+            topk_state *s = &st[t - t0];
+            /* exact unless fewer than k keys beat the guessed start (a compaction implies more than k did) */
+            if (start[t - t0] > -INFINITY && s->n < k && s->limit == 2 * k + 2 * PW) {
+                const int64_t lim = causal ? imin(S - 1, S - T + t) : S - 1;
+                const float *qt = q + (b * T + t) * HP * DI, *wt = w + (b * T + t) * HP;
+                topk_start(s, k, -INFINITY);
+                stream_panels(s, qt, wt, kb, HP, DI, 0, lim / PW, lim, 0, k, cap, tmp);
+            }
+            topk_finish(s, k, bits, tmp, out + (b * T + t) * k);
+        }
     }
-    free(val), free(tmp), free(idx), free(bits), free(st);
+    free(val), free(tmp), free(sval), free(start), free(idx), free(sidx), free(bits), free(st);
     return 0;
 }
 
@@ -292,6 +368,32 @@ int sl_topk_rows(const float *scores, int64_t *out, int64_t R, int64_t S, int k,
         topk_finish(&st, k, bits, tmp, out + r * k);
     }
     free(val), free(tmp), free(idx), free(bits);
+    return 0;
+}
+
+/* ---- canonical rows: items are blocks of 1024 rows; counts rows that need sorting ---- */
+
+/* A row is canonical when its in-range entries ([0, S)) are strictly ascending and no in-range entry follows an
+ * out-of-range one (what topk_indices returns): the attention kernels then read it as a set as it is. Adds the
+ * number of other rows (which must be sorted and de-duplicated first) to *bad. */
+int sl_rows_canonical(const int64_t *idx, int64_t R, int K, int64_t S, int64_t *bad, int64_t *counter) {
+    const int64_t nblk = (R + 1023) / 1024;
+    int64_t n_bad = 0;
+    for (int64_t item = next_item(counter); item < nblk; item = next_item(counter)) {
+        for (int64_t r = item * 1024; r < imin(R, item * 1024 + 1024); r++) {
+            const int64_t *row = idx + r * K;
+            int64_t prev = -1;
+            int tail = 0, ok = 1;
+            for (int j = 0; j < K; j++) {
+                const int64_t s = row[j];
+                const int valid = (s >= 0) & (s < S);
+                ok &= !valid | (!tail & (s > prev));
+                prev = valid ? s : prev, tail |= !valid;
+            }
+            n_bad += !ok;
+        }
+    }
+    __atomic_fetch_add(bad, n_bad, __ATOMIC_RELAXED);
     return 0;
 }
 
