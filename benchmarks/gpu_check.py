@@ -126,10 +126,11 @@ def check_fp32() -> None:
 
 def local_selection() -> torch.Tensor:
     """Each query's K most recent keys (itself included): the best case for tile skipping, what a sliding-window
-    head would select. Indices [1, L, K], ascending, -1 where fewer than K keys exist."""
+    head would select. Indices [1, L, K] laid out as `topk_indices` returns them: ascending, then -1 where fewer
+    than K keys exist."""
     t = torch.arange(L, device=DEV).view(L, 1)
-    idx = t - K + 1 + torch.arange(K, device=DEV).view(1, K)
-    return torch.where(idx >= 0, idx, -1).unsqueeze(0)
+    idx = (t - K + 1).clamp(min=0) + torch.arange(K, device=DEV).view(1, K)  # [L, K]
+    return torch.where(idx <= t, idx, -1).unsqueeze(0)
 
 
 def make_selection(mode: str) -> torch.Tensor:

@@ -12,11 +12,13 @@ def canonical_indices(indices: torch.Tensor, S: int) -> torch.Tensor:
     back unchanged after one cheap check; any other row is sorted first. Attention reads a row as a set.
     """
     idx = indices.long()
-    idx = idx.masked_fill((idx < 0) | (idx >= S), -1)
-    if idx.shape[-1] <= 1:
+    ok = (idx >= 0) & (idx < S)  # [B, T, K]
+    idx = torch.where(ok, idx, -1)
+    K = idx.shape[-1]
+    if K <= 1:
         return idx
-    a, b = idx[..., :-1], idx[..., 1:]
-    if bool((((b > a) & (a >= 0)) | (b < 0)).all()):
+    key = torch.where(ok, idx, torch.arange(S, S + K, device=idx.device))  # -1 at position j reads as S + j
+    if bool((key[..., 1:] > key[..., :-1]).all()):  # strictly increasing: ascending keys, then only -1
         return idx
     srt = idx.masked_fill(idx < 0, S).sort(dim=-1).values  # [B, T, K], invalid (= S) last
     dup = torch.zeros_like(srt, dtype=torch.bool)
