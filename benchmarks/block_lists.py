@@ -14,12 +14,14 @@ import statistics
 import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 
-sys.path.insert(0, "tests/kernels")
-from test_sparse_attention_lists import _build_block_lists_scatter, _window  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kernels"))  # the earlier build, kept there
+from test_sparse_attention_lists import _build_block_lists_scatter  # noqa: E402
 
+from sparselens.kernels.selections import sliding_window_indices  # noqa: E402
 from sparselens.kernels.sparse_attention import triton as attn_triton  # noqa: E402
 from sparselens.kernels.sparse_attention.reference import canonical_indices  # noqa: E402
 
@@ -69,7 +71,7 @@ def selections(T: int, S: int, K: int, device: str) -> dict[str, torch.Tensor]:
     g = torch.Generator(device=device).manual_seed(0)
     scores = torch.rand(T, S, device=device, generator=g)  # [T, S]
     topk = scores.topk(K, dim=-1).indices.sort(dim=-1).values  # [T, K]
-    return {"window": _window(1, T, S, K).to(device), "topk_random": topk.unsqueeze(0)}
+    return {"window": sliding_window_indices(1, T, S, K).to(device), "topk_random": topk.unsqueeze(0)}
 
 
 def main(preset: str, out: str | None) -> None:

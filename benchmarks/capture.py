@@ -2,9 +2,10 @@
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/capture.py --root DIR --run-id ID [--keep] [--seq-lens 128,256]
 
-Runs the library capture (no Prefect) with the run's preset defaults from scratch (`--keep` resumes instead and
-shows how much a rerun skips), then reads every table back once with pandas. Target for the quick preset on a
-2-core CPU: <= 300 s.
+Copies the run's manifest and models into a scratch directory (the source run's capture and tables are never
+touched), runs the library capture (no Prefect) there with the run's preset defaults, then reads every table back
+once with pandas. `--keep` copies the run's capture files too and resumes, showing how much a rerun skips.
+Target for the quick preset on a 2-core CPU: <= 300 s.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import time
 
 import pandas as pd
 import torch
+from phase2 import copy_run  # benchmarks/ is on sys.path when this runs as a script
 
 from sparselens.capture import TABLES, capture_config, capture_run
 from sparselens.storage import RunStore
@@ -37,7 +40,10 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep existing capture files (measures a resume)")
     ap.add_argument("--seq-lens", default=None, help="comma-separated lengths overriding the preset's")
     args = ap.parse_args()
-    store = RunStore(args.root, args.run_id)
+    src = RunStore(args.root, args.run_id)
+    src.require_exists()
+    store = copy_run(src, tempfile.mkdtemp(prefix="sparselens-capture-bench-"), data=args.keep)
+    print(f"run {args.run_id} copied to {store.run_dir}")
     overrides = {"seq_lens": tuple(int(t) for t in args.seq_lens.split(","))} if args.seq_lens else {}
     cfg = capture_config(store.read_manifest()["config"], **overrides)
     t0 = time.perf_counter()

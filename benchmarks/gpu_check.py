@@ -28,7 +28,12 @@ import torch.nn.functional as F
 
 from sparselens.kernels import indexer_scores, indexer_topk, sparse_attention
 from sparselens.kernels.indexer_scores import reference as scores_ref
-from sparselens.kernels.selections import random_indexer_inputs, random_indices, trained_like_indexer_inputs
+from sparselens.kernels.selections import (
+    random_indexer_inputs,
+    random_indices,
+    sliding_window_indices,
+    trained_like_indexer_inputs,
+)
 from sparselens.kernels.sparse_attention import reference as attn_ref
 from sparselens.kernels.testing import check_selection, error_ratio, same_selection
 from sparselens.kernels.topk import reference as topk_ref
@@ -124,18 +129,9 @@ def check_fp32() -> None:
             f"{errs[1]:.1e}/{errs[2]:.1e}/{errs[3]:.1e} {'ok' if ok else 'FAIL'}")  # fmt: skip
 
 
-def local_selection() -> torch.Tensor:
-    """Each query's K most recent keys (itself included): the best case for tile skipping, what a sliding-window
-    head would select. Indices [1, L, K] laid out as `topk_indices` returns them: ascending, then -1 where fewer
-    than K keys exist."""
-    t = torch.arange(L, device=DEV).view(L, 1)
-    idx = (t - K + 1).clamp(min=0) + torch.arange(K, device=DEV).view(1, K)  # [L, K]
-    return torch.where(idx <= t, idx, -1).unsqueeze(0)
-
-
 def make_selection(mode: str) -> torch.Tensor:
-    if mode == "local":
-        return local_selection()
+    if mode == "local":  # each query's K most recent keys: the best case for tile skipping
+        return sliding_window_indices(1, L, L, K, device=DEV)
     make = trained_like_indexer_inputs if mode == "trained_like" else random_indexer_inputs
     x = {n: t.to(DEV) for n, t in make(1, L, L, HI, DI, seed=0).items()}
     t = time.perf_counter()

@@ -28,6 +28,7 @@ import sys
 import torch
 
 from sparselens.data.dataset import stack_tokens, train_batch, validation_samples
+from sparselens.evaluation import indexer_kl
 from sparselens.models import build_model
 from sparselens.runs import run_preset
 from sparselens.storage import RunStore
@@ -68,13 +69,6 @@ def capture_indexer_inputs(model: torch.nn.Module, tokens: torch.Tensor) -> dict
     return out
 
 
-def validation_kl(model: torch.nn.Module, seq_len: int) -> float:
-    """Mean indexer KL (to dense attention) over 2 held-out samples of every text content type."""
-    tokens = torch.cat([stack_tokens(validation_samples(ct, seq_len, 2)) for ct in ("code", "prose")])[:, :-1]
-    with torch.no_grad():
-        return model(tokens, mode="dense_kl", return_kl=True)[1].item()
-
-
 def warm_up_indexer(model: torch.nn.Module, preset, steps: int) -> tuple[float, float]:
     """The recipe's warm-up stage on `model` (only the indexer trains); returns validation KL before and after."""
     tc = preset.train
@@ -85,7 +79,7 @@ def warm_up_indexer(model: torch.nn.Module, preset, steps: int) -> tuple[float, 
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=tc.indexer_lr, betas=tc.betas, weight_decay=0.0)
-    before = validation_kl(model, tc.seq_len)
+    before = indexer_kl(model, preset)
     for local in range(steps):
         factor = cosine_lr(local, 1.0, steps, tc.resume_warmup_steps, tc.min_lr_ratio) * ramp(
             local, tc.resume_warmup_steps
@@ -98,7 +92,7 @@ def warm_up_indexer(model: torch.nn.Module, preset, steps: int) -> tuple[float, 
         loss.backward()
         opt.step()
     model.eval()
-    return before, validation_kl(model, tc.seq_len)
+    return before, indexer_kl(model, preset)
 
 
 def locality(idx: torch.Tensor, window: int) -> float:

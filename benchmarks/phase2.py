@@ -41,10 +41,12 @@ CHECKED = {
 }
 
 
-def _copy_run(src: RunStore, dest: str) -> RunStore:
+def copy_run(src: RunStore, dest: str, data: bool = True) -> RunStore:
+    """A copy of a local run under `dest` (manifest and models; with `data`, its tables and capture files too but
+    no phase2_* table), so a benchmark never modifies the source run."""
     target = os.path.join(dest, "runs", src.run_id)
     os.makedirs(target)
-    for name in ("manifest.json", "models", "tables", "capture"):
+    for name in ("manifest.json", "models") + (("tables", "capture") if data else ()):
         path = os.path.join(src.run_dir, name)
         if os.path.isdir(path):
             shutil.copytree(
@@ -186,7 +188,7 @@ def main() -> int:
     args = ap.parse_args()
     src = RunStore(args.root, args.run_id)
     src.require_exists()
-    store = _copy_run(src, args.workdir or tempfile.mkdtemp(prefix="sparselens-phase2-bench-"))
+    store = copy_run(src, args.workdir or tempfile.mkdtemp(prefix="sparselens-phase2-bench-"))
     print(
         f"device: CPU ({platform.processor() or platform.machine()}), {os.cpu_count()} cores, "
         f"load average before: {os.getloadavg()[0]:.2f}; run {args.run_id} copied to {store.run_dir}"

@@ -64,9 +64,12 @@ def report(store: RunStore, wall_s: float | None) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", default="./sparselens-data")
-    ap.add_argument("--run-id", default=f"quick-bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    ap.add_argument("--run-id", help="default: quick-bench-<timestamp> (required with --report-only)")
     ap.add_argument("--report-only", action="store_true", help="only print the tables of an existing run")
     args = ap.parse_args()
+    if args.report_only and not args.run_id:
+        ap.error("--report-only needs --run-id: the run whose tables to print")
+    args.run_id = args.run_id or f"quick-bench-{time.strftime('%Y%m%d-%H%M%S')}"
     wall = None
     if not args.report_only:
         t0 = time.perf_counter()

@@ -104,9 +104,8 @@ def _sample_relevance(g: pd.DataFrame, topk: int) -> dict[str, float]:
     same = tokens[:, None] == tokens[None, :]  # [T, T] key s holds the query's byte
     follow = np.zeros_like(same)
     follow[:, 1:] = same[:, :-1]  # key s follows an earlier copy of the query's byte (induction target)
-    causal = np.tri(t, dtype=bool)  # [T, T]
-    same &= causal
-    follow &= causal
+    same &= np.tri(t, k=-1, dtype=bool)  # earlier copies only: the query's own key is not a duplicate token
+    follow &= np.tri(t, dtype=bool)  # [T, T] causal
     has_truth = g["needed"].notna().any()
     truth = _scatter(g["query_pos"], g["needed"] if has_truth else None, t)  # [T, T] ground-truth needed keys
     chosen = _scatter(g["query_pos"], g["selected"], t)  # [T, T] selected keys

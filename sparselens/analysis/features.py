@@ -144,7 +144,8 @@ def _empty_query_frame() -> pd.DataFrame:
 
 
 def aggregate_maps(maps: pd.DataFrame) -> pd.DataFrame:
-    """Per-sample map features -> per head: numeric means over samples, the most frequent kind, first params."""
+    """Per-sample map features -> per head: numeric means over samples, the most frequent kind and the fit
+    parameters of its first sample of that kind."""
     if maps.empty:
         return maps.drop(columns=["sample_id"])
     maps = _plain_keys(maps).sort_values([*HEAD_KEYS, "sample_id"])
@@ -152,7 +153,8 @@ def aggregate_maps(maps: pd.DataFrame) -> pd.DataFrame:
     grouped = maps.groupby(HEAD_KEYS, sort=True)
     out = grouped[numeric].mean()
     out["kind"] = grouped["kind"].agg(lambda s: s.value_counts().index[0])
-    out["fit_params"] = grouped["fit_params"].first()
+    modal = maps.merge(out["kind"].reset_index(), on=[*HEAD_KEYS, "kind"])  # samples of the most frequent kind
+    out["fit_params"] = modal.groupby(HEAD_KEYS, sort=True)["fit_params"].first()  # params of that kind's fit
     out["n_map_samples"] = grouped.size()
     return out.reset_index()
 

@@ -1,9 +1,9 @@
 """One head's attention map as Phase 2 sees it: rebuilt from `attention_topk` rows, then measured (numpy only).
 
 A map is ``attn[T, T]`` with query t at key t (capture always has Q = K = T). `attention_topk` keeps each row's
-top-m weights; :func:`rebuild_map` scatters them back and renormalises every row to 1, so a dense head's map is
-its top-m approximation (the table's ``mass`` column says how much of each row the list holds) and a DSA head's
-map (k <= m keys looked at) is exact.
+top-m weights; :func:`rebuild_map` scatters them back and spreads the rest of each row evenly over its other
+causal keys, so a dense head's map is its top-m approximation (the table's ``mass`` column says how much of each
+row the list holds) and a DSA head's map (k <= m keys looked at) is exact.
 
 Features (:func:`map_features`), all shares of the map's mass (mean over queries of row mass, as in recall):
 
@@ -44,9 +44,13 @@ DECOMPOSITION = ("sink", "local", "vertical", "slash", "block", "residual")
 
 
 def rebuild_map(query_pos: np.ndarray, keys: list[np.ndarray], weights: list[np.ndarray], seq_len: int) -> np.ndarray:
-    """attention_topk rows of one (sample, layer, head) -> ``attn[T, T]`` float64, rows renormalised to 1.
+    """attention_topk rows of one (sample, layer, head) -> ``attn[T, T]`` float64, rows summing to 1.
 
     query_pos [N] (every position 0..T-1 exactly once), keys/weights: N arrays of each row's kept keys/weights.
+    The kept weights stay as captured; the mass a row did not keep (1 - its sum) is spread evenly over its other
+    causal keys, the least-informative fill. Scaling the kept weights up instead would make every map look as
+    concentrated as the top keys kept per row (at T >= 256 a broad head's top 32 keys would "explain" all of it,
+    and no head could come out broad). Rows whose kept weights already cover every causal key are rescaled.
     """
     qp = np.asarray(query_pos, dtype=np.int64)
     if len(qp) != seq_len or np.unique(qp).size != seq_len or qp.min() != 0 or qp.max() != seq_len - 1:
@@ -58,10 +62,14 @@ def rebuild_map(query_pos: np.ndarray, keys: list[np.ndarray], weights: list[np.
     lengths = np.fromiter((len(k) for k in keys), dtype=np.int64, count=len(keys))  # [N]
     attn = np.zeros((seq_len, seq_len))
     attn[np.repeat(qp, lengths), np.concatenate(keys).astype(np.int64)] = np.concatenate(weights)
-    total = attn.sum(1, keepdims=True)
+    total = attn.sum(1)  # [T]
     if (total <= 0).any():
         raise ValueError("an attention_topk row keeps no positive weight; the capture table is damaged")
-    return attn / total
+    free = np.tri(seq_len, dtype=bool) & (attn == 0)  # [T, T] causal keys the row did not keep
+    n_free = free.sum(1)  # [T]
+    fill = np.where(n_free > 0, np.clip(1.0 - total, 0.0, None) / np.maximum(n_free, 1), 0.0)  # [T]
+    attn += free * fill[:, None]
+    return attn / attn.sum(1, keepdims=True)
 
 
 def concentration(attn: np.ndarray) -> dict[str, float]:

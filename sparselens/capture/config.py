@@ -21,7 +21,7 @@ class CaptureConfig:
     seq_lens: tuple[int, ...] = (128, 256, 512, 1024)  # tokens; k is absolute, so long lengths show its limits
     n_samples: int = 4  # validation samples per content type and length
     topk_samples: int = 1  # of those, how many (the first) also keep their top-m keys in attention_topk
-    top_m: int = 32  # keys kept per query and head in attention_topk (maps are redrawn from them)
+    top_m: int = 32  # keys kept per query and head in attention_topk (maps are redrawn from them); DSA: >= k
     chunk_elements: int = 2**22  # B*H*T*T budget of one forward chunk (~8 such fp32 maps live; 16 MiB each here)
     models: tuple[str, ...] = ("dense", "dsa")  # run-store model names; "dsa" ones (with indexers) get DSA rows
     content_types: tuple[str, ...] = CONTENT_TYPES

@@ -75,8 +75,9 @@ def layer_tables(
         keep = torch.tensor(chunk.topk, device=pattern.device)
         ids = tuple(s for s, kept in zip(meta.sample_ids, chunk.topk, strict=True) if kept)
         cts = tuple(c for c, kept in zip(meta.content_types, chunk.topk, strict=True) if kept)
+        top_m = max(cfg.top_m, k) if has_indexer else cfg.top_m  # every key a DSA row looked at: its map is exact
         out["attention_topk"] = attention_topk_table(
-            ChunkMeta(meta.run_id, meta.model, meta.seq_len, ids, cts), pattern[keep], cfg.top_m
+            ChunkMeta(meta.run_id, meta.model, meta.seq_len, ids, cts), pattern[keep], top_m
         )
     return out
 

@@ -62,19 +62,20 @@ def histogram(df: pd.DataFrame, value: str, keys: list[str], bins: int, quantity
 
 
 def scaling_summary(qs: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Per (model, content_type incl. 'all', seq_len, layer): mean entropy, k90, k95 over all queries and
-    recall / oracle / needed recall over queries t >= k (where selection is a real choice; DSA rows only)."""
+    """Per (model, content_type incl. 'all', seq_len, layer): mean entropy over all queries; k90, k95 and
+    recall / oracle / needed recall over queries t >= k (where selection is a real choice, so k90 compares with
+    the budget k; recall on DSA rows only)."""
     pooled = qs.assign(content_type=ALL)
     frame = pd.concat([qs, pooled], ignore_index=True)
     keys = ["model", "content_type", "seq_len", "layer"]
     base = frame.groupby(keys, observed=True).agg(
         n_queries=("entropy", "size"),
         entropy_mean=("entropy", "mean"),
-        k90_mean=("k90", "mean"),
-        k95_mean=("k95", "mean"),
     )
     late = frame[frame["query_pos"] >= k]
     rec = late.groupby(keys, observed=True).agg(
+        k90_mean=("k90", "mean"),
+        k95_mean=("k95", "mean"),
         recall_mean=("recall", "mean"),
         recall_p10=("recall", _q(0.1)),
         oracle_recall_mean=("oracle_recall", "mean"),

@@ -76,7 +76,7 @@ def indexer_scores(
 
 
 def topk_indices(scores: torch.Tensor, k: int, backend: str | None = None) -> torch.Tensor:
-    """Top-k allowed (finite) keys per query: scores [B,T,S] -> [B,T,k] int64, best first, -1 padded."""
+    """Top-k allowed (finite) keys per query: scores [B,T,S] -> [B,T,k] int64 in ascending key order, -1 padded."""
     return _impl("topk_indices", scores.device, backend)(scores, k)
 
 

@@ -73,6 +73,15 @@ def load_indexer_inputs(path: str | Path) -> dict[str, torch.Tensor]:
     return {name: data[name].float() for name in ("q", "k", "w")}
 
 
+def sliding_window_indices(B: int, T: int, S: int, K: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Each query's K most recent keys, itself included (query t sits at key S - T + t), laid out as `topk_indices`
+    returns them: [B, T, K] int64, ascending, then -1 where fewer than K keys exist. What a sliding-window head
+    selects, and the best case for block-sparse tiles (dense runs of keys)."""
+    pos = torch.arange(S - T, S, device=device).view(T, 1)  # [T, 1] each query's own key position
+    idx = (pos - K + 1).clamp(min=0) + torch.arange(K, device=device).view(1, K)  # [T, K]
+    return torch.where(idx <= pos, idx, -1).expand(B, T, K).clone()
+
+
 INDEXER_INPUTS = {"random": random_indexer_inputs, "trained_like": trained_like_indexer_inputs}
 
 

@@ -106,11 +106,7 @@ def build_from_payload(payload: dict, path: str) -> Any:
     from sparselens.models import ModelConfig, build_model
 
     try:
-        cfg = (
-            ModelConfig.from_dict(payload["cfg"])
-            if hasattr(ModelConfig, "from_dict")
-            else ModelConfig(**payload["cfg"])
-        )
+        cfg = ModelConfig(**payload["cfg"])
     except TypeError as e:
         raise ValueError(
             f"model file {path} was saved with a config this version of ModelConfig does not accept "

@@ -190,8 +190,8 @@ PHASE1_SCALING = pa.schema(
         N_QUERIES,
         *_means(
             ("entropy_mean", "mean entropy over heads and queries, nats"),
-            ("k90_mean", "mean keys holding 90% of the row's mass (per head)"),
-            ("k95_mean", "mean keys holding 95% of the row's mass (per head)"),
+            ("k90_mean", "mean keys holding 90% of the row's mass (per head), queries t >= k"),
+            ("k95_mean", "mean keys holding 95% of the row's mass (per head), queries t >= k"),
             ("recall_mean", "DSA: mean recall of dense mass on the selected keys, queries t >= k"),
             ("recall_p10", "DSA: 10th percentile of that recall over queries t >= k"),
             ("oracle_recall_mean", "DSA: mean dense mass on the best k keys, queries t >= k"),

@@ -8,7 +8,14 @@ from sparselens.kernels import resolve_backend
 
 def test_none_picks_the_device_fast_path():
     assert resolve_backend("sparse_attention", torch.device("cpu")) == "cpu"
-    assert resolve_backend("indexer_scores", torch.device("cuda")) in ("triton", "reference")
+    assert resolve_backend("indexer_scores", torch.device("cuda")) == "triton"  # triton is a dependency
+
+
+def test_none_falls_back_to_the_reference_on_cuda_without_triton(monkeypatch):
+    import sparselens.kernels as kernels
+
+    monkeypatch.setattr(kernels, "_triton_importable", lambda: False)
+    assert resolve_backend("indexer_scores", torch.device("cuda")) == "reference"
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from sparselens.kernels.selections import random_indices
+from sparselens.kernels.selections import random_indices, sliding_window_indices
 from sparselens.kernels.sparse_attention.reference import canonical_indices
 
 
@@ -32,13 +32,6 @@ def _build_block_lists_scatter(indices, T, S, BM, BN):
     return dict(words=words, q_cnt=q_cnt, q_list=q_list, kv_cnt=kv_cnt, kv_list=kv_list, BM=BM, BN=BN)
 
 
-def _window(B, T, S, K):
-    """Each query's last K keys up to its position scaled onto S, ascending then -1: dense runs of one word."""
-    end = (torch.arange(T) * S // max(T, 1))[:, None]  # [T, 1]
-    idx = (end - K + 1).clamp(min=0) + torch.arange(K)  # [T, K]
-    return torch.where(idx <= end, idx, -1).expand(B, T, K).clone()
-
-
 # (B, T, S, K): odd sizes, T != S, K > S, S a multiple of 32 and not, a word's bit 31 (S = 64)
 SIZES = {"b2_t37_s53_k12": (2, 37, 53, 12), "t130_s64_k40": (1, 130, 64, 40), "t200_s1000_k70": (1, 200, 1000, 70),
          "k_above_s": (2, 17, 11, 30), "t1_s1_k3": (1, 1, 1, 3)}  # fmt: skip
@@ -51,7 +44,7 @@ def _selections(B, T, S, K):
     raw[0, 0] = -1  # an empty row
     raw[-1, -1] = S + 1  # all out of range: also empty
     srt = torch.sort(raw.masked_fill(raw < 0, 2**40), dim=-1).values  # ascending with repeats, junk last
-    return {"random": raw, "sorted_repeats": srt, "window": _window(B, T, S, K)}
+    return {"random": raw, "sorted_repeats": srt, "window": sliding_window_indices(B, T, T, K)}  # keys >= S: junk
 
 
 def _check(got, want):
@@ -112,7 +105,7 @@ def test_kernel_chunks_carry_runs(triton_device):
     from sparselens.kernels.sparse_attention import triton as triton_attention
 
     T, S, K = 6, 3000, 2100
-    canon = _window(1, T, S, K)
+    canon = sliding_window_indices(1, T, S, K)
     canon[0, 0, 1000:1030] = -1  # a gap of -1 straddling the boundary at 1024
     canon = canonical_indices(canon, S)
     got = triton_attention.build_block_lists(canon.to(triton_device), T, S, 64, 64, kernel=True)

@@ -106,3 +106,17 @@ def test_indexer_topk_cpu_exact_when_the_sample_misleads():
     got = indexer_topk(q, keys, w, k, backend="cpu")
     assert check_selection(got, scores, k) is None
     assert same_selection(got, reference.indexer_topk(q, keys, w, k), scores)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_indexer_topk_cpu_never_selects_an_infinite_score(causal):
+    """A score that overflows to +inf is not allowed (as in the reference); the compiled top-k once crashed on it."""
+    B, T, S, HI, DI, k = 1, 300, 1000, 4, 8, 16
+    x = random_indexer_inputs(B, T, S, HI, DI, seed=6)
+    x["q"][..., 0], x["w"][:] = 1e20, 1.0
+    x["k"][0, 777, 0] = 1e20  # q . k = 1e40 -> +inf for every query that sees key 777
+    scores = ref_scores(x["q"], x["k"], x["w"], causal=causal)
+    assert torch.isinf(scores).any()
+    got = indexer_topk(x["q"], x["k"], x["w"], k, causal=causal, backend="cpu")
+    assert not (got == 777).any()
+    assert same_selection(got, reference.indexer_topk(x["q"], x["k"], x["w"], k, causal=causal), scores)

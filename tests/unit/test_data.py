@@ -175,6 +175,10 @@ def test_synthetic_splits_use_disjoint_seed_streams(task):
     valid = {_bytes(s.tokens) for s in validation_samples(task, 63, 20)}
     assert len(train) == 20 and len(valid) == 20 and not train & valid
     assert np.array_equal(generate(task, 64, 5).tokens, generate(task, 64, 5).tokens)
+    for seed in range(20):  # the same seed in the two splits draws from different streams
+        assert not np.array_equal(
+            generate(task, 64, seed, "train").tokens, generate(task, 64, seed, "validation").tokens
+        )
 
 
 @pytest.mark.parametrize("length", LENGTHS)

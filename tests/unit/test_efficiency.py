@@ -20,6 +20,7 @@ from sparselens.analysis.efficiency import (
 from sparselens.analysis.sparsify import replaced_head, topk_mask
 from sparselens.config import ModelConfig
 from sparselens.models import build_model, capture
+from sparselens.models.rope import apply_rope
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +125,38 @@ def test_replaced_head_uses_only_the_mask_and_stays_causal():
     with pytest.raises(ValueError, match="head 5"):
         with replaced_head(model, 0, 5, window):
             pass
+
+
+def test_replaced_head_matches_a_layer_recomputed_with_that_head_masked():
+    """Independent of replaced_head's correction term: recompute the whole layer by hand with every head's
+    softmax, the chosen head's restricted to the mask, and compare the model outputs."""
+    tokens = torch.randint(0, 256, (2, 23), generator=torch.Generator().manual_seed(3))
+    model = _model("dense")
+    layer, head = 1, 1
+    window = torch.ones(23, 23, dtype=torch.bool).tril() & ~torch.ones(23, 23, dtype=torch.bool).tril(-3)
+    attn = model.blocks[layer].attn
+
+    def by_hand(h, rope, indexer, mode="sparse"):
+        b, t, d = h.shape
+        q, k, v = attn.qkv(h).view(b, t, 3, model.cfg.n_heads, model.cfg.head_dim).unbind(2)
+        q, k = apply_rope(q, rope[0], rope[1]), apply_rope(k, rope[0], rope[1])
+        allowed = torch.ones(b, model.cfg.n_heads, t, t, dtype=torch.bool).tril()
+        allowed[:, head] = window
+        scores = torch.einsum("bthd,bshd->bhts", q, k) * attn.scale
+        p = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        return attn.proj(torch.einsum("bhts,bshd->bthd", p, v).reshape(b, t, d)), None
+
+    with torch.no_grad():
+        with replaced_head(model, layer, head, window):
+            got = model(tokens)
+        original = attn.forward
+        attn.forward = by_hand
+        try:
+            want = model(tokens)
+        finally:
+            attn.forward = original
+        assert not torch.allclose(got, model(tokens), atol=1e-4)  # the head really changed
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_topk_mask_keeps_each_querys_heaviest_visible_keys():

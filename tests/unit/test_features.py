@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sparselens.analysis import KINDS, plant_head
+from sparselens.analysis import KINDS, classify_head, plant_head
 from sparselens.analysis.features import _finish_query_features, query_partials
 from sparselens.analysis.headmaps import (
     concentration,
@@ -45,16 +45,28 @@ def _topk_rows(attn: np.ndarray, m: int, **keys) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_rebuild_map_renormalises_top_m_rows_and_rejects_missing_queries():
+def test_rebuild_map_keeps_top_m_weights_spreads_the_rest_and_rejects_missing_queries():
     attn, _ = plant_head("broad", 40, 40, np.random.default_rng(0))
     rows = _topk_rows(attn, 8)
     rebuilt = rebuild_map(rows["query_pos"].to_numpy(), list(rows["keys"]), list(rows["weights"]), 40)
     np.testing.assert_allclose(rebuilt.sum(1), 1.0, atol=1e-6)
-    assert (np.count_nonzero(rebuilt, axis=1) <= 8).all()
+    assert np.allclose(np.triu(rebuilt, 1), 0.0)  # causal
     top = np.argsort(-attn[-1])[:8]
-    np.testing.assert_allclose(rebuilt[-1, top], attn[-1, top] / attn[-1, top].sum(), rtol=1e-5)
+    np.testing.assert_allclose(rebuilt[-1, top], attn[-1, top], rtol=1e-5)  # kept weights as captured
+    rest = np.setdiff1d(np.arange(40), top)
+    np.testing.assert_allclose(rebuilt[-1, rest], (1 - attn[-1, top].sum()) / len(rest), rtol=1e-5)
     with pytest.raises(ValueError, match="every query"):
         rebuild_map(rows["query_pos"].to_numpy()[1:], list(rows["keys"])[1:], list(rows["weights"])[1:], 40)
+
+
+def test_a_broad_head_rebuilt_from_its_top_keys_is_still_broad():
+    """Rescaling the top 32 keys of each row to 1 made a broad head look concentrated (classified scattered at
+    T = 256); the rebuilt map must keep the head's unkept mass spread out."""
+    attn, _ = plant_head("broad", 256, 256, np.random.default_rng(1))
+    assert classify_head(attn).kind == "broad"
+    rows = _topk_rows(attn, 32)
+    rebuilt = rebuild_map(rows["query_pos"].to_numpy(), list(rows["keys"]), list(rows["weights"]), 256)
+    assert classify_head(rebuilt).kind == "broad"
 
 
 def test_concentration_finds_the_line_a_map_lives_on():

@@ -6,7 +6,6 @@ import re
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from sparselens.analysis import KINDS
@@ -108,4 +107,3 @@ def test_phase2_config_errors_and_overrides():
         Phase2Config(budget=0)
     cfg = phase2_config({"name": "tiny"}, sparsify_samples=3, efficiency_seq_lens=[32, 64], budget=None)
     assert cfg.sparsify_samples == 3 and cfg.efficiency_seq_lens == (32, 64) and cfg.max_k == 4
-    assert isinstance(pd.DataFrame(), pd.DataFrame)

@@ -323,10 +323,8 @@ def test_save_and_load_model(store, monkeypatch):
 
 
 def test_real_model_round_trip(tmp_path):
-    try:
-        from sparselens.models import ModelConfig, build_model
-    except ImportError as e:
-        pytest.skip(f"sparselens.models not importable yet: {e}")
+    from sparselens.models import ModelConfig, build_model
+
     torch.manual_seed(0)
     cfg = ModelConfig(attention="dsa", n_layers=1, d_model=16, n_heads=2, max_seq_len=32, topk=4)
     model = build_model(cfg).eval()

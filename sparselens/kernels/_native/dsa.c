@@ -163,17 +163,20 @@ static void topk_compact(topk_state *st, int k, int cap, float *tmp) {
     st->n = m, st->thr = lo, st->limit = cap;
 }
 
-/* Appends the entries of sc[0..n) above the threshold; compacts when fewer than 16 free slots remain. */
+/* Appends the finite entries of sc[0..n) above the threshold (+inf and NaN are never allowed, as in the
+ * reference); compacts when fewer than 16 free slots remain. */
 static inline void topk_filter(topk_state *st, const float *sc, int n, int64_t base, int k, int cap, float *tmp) {
     uint32_t mask = 0;
 #ifdef SL_AVX2
     if (n == PW) {
-        const __m256 t = _mm256_set1_ps(st->thr);
-        mask = (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(sc), t, _CMP_GT_OQ)) |
-               ((uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(sc + 8), t, _CMP_GT_OQ)) << 8);
+        const __m256 t = _mm256_set1_ps(st->thr), inf = _mm256_set1_ps(INFINITY);
+        const __m256 a = _mm256_loadu_ps(sc), b = _mm256_loadu_ps(sc + 8);
+        const __m256 ka = _mm256_and_ps(_mm256_cmp_ps(a, t, _CMP_GT_OQ), _mm256_cmp_ps(a, inf, _CMP_LT_OQ));
+        const __m256 kb = _mm256_and_ps(_mm256_cmp_ps(b, t, _CMP_GT_OQ), _mm256_cmp_ps(b, inf, _CMP_LT_OQ));
+        mask = (uint32_t)_mm256_movemask_ps(ka) | ((uint32_t)_mm256_movemask_ps(kb) << 8);
     } else
 #endif
-        for (int i = 0; i < n; i++) mask |= (uint32_t)(sc[i] > st->thr) << i;
+        for (int i = 0; i < n; i++) mask |= (uint32_t)((sc[i] > st->thr) & (sc[i] < INFINITY)) << i;
     if (!mask) return;
     while (mask) {
         const int i = __builtin_ctz(mask);
@@ -235,13 +238,13 @@ static void stream_panels(topk_state *st, const float *qt, const float *wt, cons
 
 /* Scores the sampled panels of one query, sets the start threshold and inserts the sample; returns it. */
 static float sample_start(topk_state *st, const float *qt, const float *wt, const float *kb, int HP, int DI,
-                          int64_t lim, int k, int cap, float *sval, int32_t *sidx, float *tmp) {
+                          int64_t lim, int k, int cap, float *sval, float *tmp) {
     float sc[PW];
     int m = 0;
     for (int64_t p = 0; p * PW <= lim; p += SAMPLE_STRIDE) {
         const int n = (int)imin(PW, lim - p * PW + 1);
         score_tile(qt, wt, kb + p * DI * PW, HP, DI, sc);
-        for (int i = 0; i < n; i++) sval[m + i] = sc[i], sidx[m + i] = (int32_t)(p * PW + i);
+        memcpy(sval + m, sc, sizeof(float) * (size_t)n);
         m += n;
     }
     const int r = (int)(1.5 * k * m / (double)(lim + 1)) + 8;
@@ -252,17 +255,8 @@ static float sample_start(topk_state *st, const float *qt, const float *wt, cons
         thr = nextafterf(thr, -INFINITY); /* keys equal to the r-th largest still pass the strict filter */
     }
     topk_start(st, k, thr);
-    for (int i0 = 0; i0 < m; i0 += PW) { /* the sample enters like any other scores */
-        const int n = m - i0 < PW ? m - i0 : PW;
-        uint32_t mask = 0;
-        for (int i = 0; i < n; i++) mask |= (uint32_t)(sval[i0 + i] > st->thr) << i;
-        while (mask) {
-            const int i = __builtin_ctz(mask);
-            st->val[st->n] = sval[i0 + i], st->idx[st->n] = sidx[i0 + i], st->n++;
-            mask &= mask - 1;
-        }
-        if (st->n > st->limit - PW) topk_compact(st, k, cap, tmp);
-    }
+    for (int i0 = 0; i0 < m; i0 += PW) /* the sample enters like the rest; chunk i0/PW = keys from i0*SAMPLE_STRIDE */
+        topk_filter(st, sval + i0, m - i0 < PW ? m - i0 : PW, (int64_t)i0 * SAMPLE_STRIDE, k, cap, tmp);
     return thr;
 }
 
@@ -274,11 +268,11 @@ int sl_indexer_topk(const float *q, const float *kp, const float *w, int64_t *ou
     const size_t ntmp = 2 * (size_t)imax(cap, smax) + NBINS;
     float *val = malloc(sizeof(float) * (size_t)tq * cap), *tmp = malloc(sizeof(float) * ntmp);
     float *sval = malloc(sizeof(float) * (size_t)smax), *start = malloc(sizeof(float) * (size_t)tq);
-    int32_t *idx = malloc(sizeof(int32_t) * (size_t)tq * cap), *sidx = malloc(sizeof(int32_t) * (size_t)smax);
+    int32_t *idx = malloc(sizeof(int32_t) * (size_t)tq * cap);
     uint64_t *bits = calloc((size_t)(S + 63) / 64 + 1, sizeof(uint64_t));
     topk_state *st = malloc(sizeof(topk_state) * (size_t)tq);
-    if (!val || !tmp || !sval || !start || !idx || !sidx || !bits || !st) {
-        free(val), free(tmp), free(sval), free(start), free(idx), free(sidx), free(bits), free(st);
+    if (!val || !tmp || !sval || !start || !idx || !bits || !st) {
+        free(val), free(tmp), free(sval), free(start), free(idx), free(bits), free(st);
         return -1;
     }
     for (int64_t item = next_item(counter); item < B * nqb; item = next_item(counter)) {
@@ -289,7 +283,7 @@ int sl_indexer_topk(const float *q, const float *kp, const float *w, int64_t *ou
             const float *qt = q + (b * T + t) * HP * DI, *wt = w + (b * T + t) * HP;
             st[t - t0] = (topk_state){val + (t - t0) * cap, idx + (t - t0) * cap, 0, 2 * k + 2 * PW, -INFINITY};
             start[t - t0] = lim < 0 ? -INFINITY : sample_start(&st[t - t0], qt, wt, kb, HP, DI, lim, k, cap, sval,
-                                                                sidx, tmp);
+                                                                tmp);
         }
         const int64_t last = causal ? imin(S - 1, S - T + t1 - 1) : S - 1;
         for (int64_t phi = last / PW; last >= 0 && phi >= 0; phi -= np_block) {
@@ -303,8 +297,8 @@ int sl_indexer_topk(const float *q, const float *kp, const float *w, int64_t *ou
         }
         for (int64_t t = t0; t < t1; t++) {
             topk_state *s = &st[t - t0];
-            /* exact unless fewer than k keys beat the guessed start (a compaction implies more than k did) */
-            if (start[t - t0] > -INFINITY && s->n < k && s->limit == 2 * k + 2 * PW) {
+            /* exact unless fewer than k keys beat the guessed start (a compaction always leaves at least k) */
+            if (start[t - t0] > -INFINITY && s->n < k) {
                 const int64_t lim = causal ? imin(S - 1, S - T + t) : S - 1;
                 const float *qt = q + (b * T + t) * HP * DI, *wt = w + (b * T + t) * HP;
                 topk_start(s, k, -INFINITY);
@@ -313,7 +307,7 @@ int sl_indexer_topk(const float *q, const float *kp, const float *w, int64_t *ou
             topk_finish(s, k, bits, tmp, out + (b * T + t) * k);
         }
     }
-    free(val), free(tmp), free(sval), free(start), free(idx), free(sidx), free(bits), free(st);
+    free(val), free(tmp), free(sval), free(start), free(idx), free(bits), free(st);
     return 0;
 }
 

@@ -107,8 +107,8 @@ def indexer_scores(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, causal: bo
     """CPU indexer scores with the reference's contract: q [B,T,HI,DI], k [B,S,DI], w [B,T,HI] -> [B,T,S] fp32.
 
     Query t sits at key position S - T + t; with `causal`, later keys are -inf. Differentiable in q, k, w: when a
-    gradient is needed the reference graph runs instead (its autograd is faster than any recompute at training
-    sizes; see README), otherwise the compiled forward.
+    gradient is needed below T_S_ELEMS_FOR_RECOMPUTE logits the reference graph runs instead (its autograd beats
+    any recompute at training sizes; see README); otherwise the compiled forward, with the chunked backward.
     """
     check_indexer_args(q, k, w)
     if q.device.type != "cpu":
