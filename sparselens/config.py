@@ -87,7 +87,8 @@ class TrainConfig:
     indexer_lr: float = 3e-3  # peak learning rate of the indexer (warm-up and sparse stage)
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0  # max global gradient norm
+    grad_clip: float = 1.0  # max gradient norm of the main model's parameters (clipped on the LM loss's gradient)
+    indexer_grad_clip: float = 1.0  # max gradient norm of the indexers' parameters (their KL's gradient), apart
     checkpoint_every: int = 50  # steps between atomic checkpoints
     log_every: int = 10  # steps between train_log rows
     seed: int = 0
@@ -101,6 +102,9 @@ class TrainConfig:
         for name in ("dense_steps", "warmup_steps", "sparse_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
+        for name in ("grad_clip", "indexer_grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be a positive gradient norm (e.g. 1.0)")
 
     @property
     def total_steps(self) -> int:
