@@ -16,16 +16,12 @@ from torch import nn
 
 from sparselens import kernels
 from sparselens.config import ModelConfig
+from sparselens.masks import causal_mask
 from sparselens.models.hooks import HookPoint
-from sparselens.models.indexer import SCORE_GATHER_MAX, Indexer
+from sparselens.models.indexer import Indexer, selected_dots
 from sparselens.models.rope import apply_rope
 
 MODES = ("sparse", "dense_kl", "sparse_kl")
-
-
-def causal_mask(t: int, s: int, device: torch.device) -> torch.Tensor:
-    """bool [T, S], True where query t (at key position S-T+t) may not look (future keys)."""
-    return torch.ones(t, s, dtype=torch.bool, device=device).triu(s - t + 1)
 
 
 def kl_to_target(p: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -68,7 +64,7 @@ class Attention(nn.Module):
     def _dense_probs(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Explicit causal scores and probabilities, both [B, H, T, S]."""
         scores = torch.einsum("bthd,bshd->bhts", q, k) * self.scale  # [B, H, T, S]
-        scores = scores.masked_fill(causal_mask(q.shape[1], k.shape[1], q.device), float("-inf"))
+        scores = scores.masked_fill(~causal_mask(q.shape[1], k.shape[1], q.device), float("-inf"))  # future -inf
         return scores, torch.softmax(scores, dim=-1)
 
     def _dense(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -88,8 +84,8 @@ class Attention(nn.Module):
         p = probs.detach().sum(1)  # [B, T, T]
         p = p / p.sum(-1, keepdim=True)
         qi, ki, wi = indexer.project(h.detach(), cos_i, sin_i)
-        if indexer.hooks_active:
-            indexer.select(qi.detach(), ki.detach(), wi.detach())  # only to feed the indexer hooks
+        if indexer.hooks_active:  # only to feed the indexer hooks: the same fused selection the sparse modes make
+            indexer.select(qi.detach(), ki.detach(), wi.detach())
         kl = kl_to_target(p, indexer.dense_logits(qi, ki, wi))
         return torch.einsum("bhts,bshd->bthd", probs, v), kl
 
@@ -112,20 +108,10 @@ class Attention(nn.Module):
     def _selected_probs(self, q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Scores and probabilities over the selected keys only: [B, H, T, k] each (-inf / 0 at idx = -1).
 
-        Used for the sparse-stage KL target and the hooks, never for the attention output. At training lengths
-        (T * S <= SCORE_GATHER_MAX) one [T, S] score product and a gather of k scalars per query moves far less
-        memory than gathering k key rows of H * D values per query; longer inputs gather the key rows.
+        Used for the sparse-stage KL target and the hooks, never for the attention output; q [B, T, H, D],
+        k [B, S, H, D], idx [B, T, k]. `selected_dots` picks the product-or-gather path.
         """
-        b, t, kk = idx.shape
-        h = k.shape[2]
-        if t * k.shape[1] <= SCORE_GATHER_MAX:
-            full = torch.einsum("bthd,bshd->bhts", q, k)  # [B, H, T, S]
-            where = idx.clamp(min=0).unsqueeze(1).expand(b, h, t, kk)  # [B, H, T, k]
-            scores = torch.gather(full, -1, where) * self.scale  # [B, H, T, k]
-        else:
-            flat = idx.clamp(min=0).reshape(b, t * kk, 1, 1).expand(-1, -1, h, k.shape[3])  # [B, T*k, H, D]
-            k_sel = torch.gather(k, 1, flat).view(b, t, kk, h, k.shape[3])  # [B, T, k, H, D]
-            scores = torch.einsum("bthd,btkhd->bhtk", q, k_sel) * self.scale  # [B, H, T, k]
+        scores = selected_dots(q, k, idx).permute(0, 2, 1, 3) * self.scale  # [B, H, T, k]
         scores = scores.masked_fill((idx < 0).unsqueeze(1), float("-inf"))
         return scores, torch.softmax(scores, dim=-1)
 

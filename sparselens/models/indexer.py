@@ -12,10 +12,11 @@ from torch import nn
 
 from sparselens import kernels
 from sparselens.config import ModelConfig
+from sparselens.masks import causal_mask
 from sparselens.models.hooks import HookPoint
 from sparselens.models.rope import apply_rope
 
-SCORE_GATHER_MAX = 1 << 20  # T * S up to which selected logits come from a [T, S] product
+SCORE_GATHER_MAX = 1 << 20  # T * S up to which `selected_dots` uses a [T, S] product (else it gathers key rows)
 
 
 class Indexer(nn.Module):
@@ -53,19 +54,20 @@ class Indexer(nn.Module):
         return q, k, w
 
     def select(self, q: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """Top-k key indices [B, T, k] (int64, -1 = none) over causally allowed keys; fires the indexer hooks."""
+        """Top-k key indices [B, T, k] (int64, -1 = none) over causally allowed keys; fires the indexer hooks.
+
+        The selection is always the fused `indexer_topk`, whoever listens: ties (e.g. score 0 when every ReLU is
+        off) break the same way with and without hooks. Scores are computed only to feed a listening hook.
+        """
         backend = self.cfg.kernel_backend
         with torch.no_grad():
-            if self.hook_scores.active or self.hook_head_scores.active:
-                scores = kernels.indexer_scores(q, k, w, causal=True, backend=backend)  # [B, T, T]
-                self.hook_scores(scores)
-                if self.hook_head_scores.active:
-                    self.hook_head_scores(head_scores(q, k, w))
-                idx = kernels.topk_indices(scores, self.cfg.topk, backend=backend)
-            else:
-                idx = kernels.indexer_topk(q, k, w, self.cfg.topk, causal=True, backend=backend)  # [B, T, k]
-            self.hook_weights(w)
-            self.hook_topk(idx)
+            idx = kernels.indexer_topk(q, k, w, self.cfg.topk, causal=True, backend=backend)  # [B, T, k]
+            if self.hook_scores.active:
+                self.hook_scores(kernels.indexer_scores(q, k, w, causal=True, backend=backend))  # [B, T, T]
+            if self.hook_head_scores.active:
+                self.hook_head_scores(head_scores(q, k, w))  # [B, HI, T, T]
+            self.hook_weights(w)  # [B, T, HI]
+            self.hook_topk(idx)  # [B, T, k]
         return idx
 
     def dense_logits(self, q: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -74,23 +76,35 @@ class Indexer(nn.Module):
 
     @staticmethod
     def selected_logits(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """I(t, s) at the selected keys only, with autograd: [B, T, k], -inf where idx is -1 (sparse-stage KL).
-
-        At training lengths the [T, HI, S] dot products plus a scalar gather are cheaper than gathering k key rows
-        per query (same trade-off as Attention._selected_probs); longer inputs gather the key rows.
-        """
-        b, t, kk = idx.shape
-        hi = q.shape[2]
-        safe = idx.clamp(min=0)
-        if t * k.shape[1] <= SCORE_GATHER_MAX:
-            full = torch.einsum("bthd,bsd->bths", q, k)  # [B, T, HI, S]
-            dots = torch.gather(full, -1, safe.unsqueeze(2).expand(b, t, hi, kk))  # [B, T, HI, k]
-        else:
-            flat = safe.reshape(b, t * kk, 1).expand(-1, -1, k.shape[-1])  # [B, T*k, DI]
-            k_sel = torch.gather(k, 1, flat).view(b, t, kk, k.shape[-1])  # [B, T, k, DI]
-            dots = torch.einsum("bthd,btkd->bthk", q, k_sel)  # [B, T, HI, k]
+        """I(t, s) at the selected keys only, with autograd: [B, T, k], -inf where idx is -1 (sparse-stage KL)."""
+        dots = selected_dots(q, k, idx)  # [B, T, HI, k]
         logits = (w.unsqueeze(-1) * F.relu(dots)).sum(dim=2)  # [B, T, k]
         return logits.masked_fill(idx < 0, float("-inf"))
+
+
+def selected_dots(q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Dot products of each query with its selected keys only, with autograd: [B, T, G, K].
+
+    q [B, T, G, D] (G query heads), k [B, S, G, D] (one key per head) or [B, S, D] (one key shared by all heads,
+    as in the indexer), idx [B, T, K] (-1 entries read key 0: mask them afterwards). Used by the indexer's
+    selected logits and by attention's selected scores. At training lengths (T * S <= SCORE_GATHER_MAX) one
+    [T, S] product and a gather of K scalars per query move far less memory than gathering K key rows of G * D
+    values per query; longer inputs gather the key rows.
+    """
+    b, t, kk = idx.shape
+    g, d = q.shape[2], q.shape[3]
+    shared = k.dim() == 3
+    safe = idx.clamp(min=0)
+    if t * k.shape[1] <= SCORE_GATHER_MAX:
+        full = torch.einsum("btgd,bsd->btgs" if shared else "btgd,bsgd->btgs", q, k)  # [B, T, G, S]
+        return torch.gather(full, -1, safe.unsqueeze(2).expand(b, t, g, kk))  # [B, T, G, K]
+    if shared:
+        flat = safe.reshape(b, t * kk, 1).expand(-1, -1, d)  # [B, T*K, D]
+        k_sel = torch.gather(k, 1, flat).view(b, t, kk, d)  # [B, T, K, D]
+        return torch.einsum("btgd,btkd->btgk", q, k_sel)  # [B, T, G, K]
+    flat = safe.reshape(b, t * kk, 1, 1).expand(-1, -1, g, d)  # [B, T*K, G, D]
+    k_sel = torch.gather(k, 1, flat).view(b, t, kk, g, d)  # [B, T, K, G, D]
+    return torch.einsum("btgd,btkgd->btgk", q, k_sel)  # [B, T, G, K]
 
 
 def head_scores(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -98,5 +112,4 @@ def head_scores(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tens
     t, s = q.shape[1], k.shape[1]
     dots = torch.einsum("bthd,bsd->bhts", q, k)  # [B, HI, T, S]
     out = w.permute(0, 2, 1).unsqueeze(-1) * F.relu(dots)  # [B, HI, T, S]
-    future = torch.ones(t, s, dtype=torch.bool, device=q.device).triu(s - t + 1)  # [T, S]
-    return out.masked_fill(future, float("-inf"))
+    return out.masked_fill(~causal_mask(t, s, q.device), float("-inf"))  # future keys -inf
