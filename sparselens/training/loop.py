@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from sparselens.config import Preset
 from sparselens.data.dataset import train_batch
 from sparselens.models.gpt import GPT
-from sparselens.training.schedule import cosine_lr, ramp
+from sparselens.training.schedule import stage_lr_factors
 from sparselens.training.stages import StageSpec
 
 Progress = Callable[[dict], None]
@@ -22,11 +22,12 @@ class TrainingDivergedError(FloatingPointError):
 
 
 def _optimizer(model: GPT, spec: StageSpec, preset: Preset) -> torch.optim.AdamW:
+    """One AdamW over the trained roles; each param group carries its `role` ("main" or "indexer") and `peak` lr."""
     tc = preset.train
     groups = []
-    for params, lr, on in (
-        (model.main_parameters(), tc.lr, spec.train_main),
-        (model.indexer_parameters(), tc.indexer_lr, spec.train_indexer),
+    for role, params, lr, on in (
+        ("main", model.main_parameters(), tc.lr, spec.train_main),
+        ("indexer", model.indexer_parameters(), tc.indexer_lr, spec.train_indexer),
     ):
         for p in params:
             p.requires_grad_(on)
@@ -34,22 +35,40 @@ def _optimizer(model: GPT, spec: StageSpec, preset: Preset) -> torch.optim.AdamW
             continue
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
-        groups.append({"params": decay, "weight_decay": tc.weight_decay, "peak": lr})
-        groups.append({"params": no_decay, "weight_decay": 0.0, "peak": lr})
+        groups.append({"params": decay, "weight_decay": tc.weight_decay, "peak": lr, "role": role})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "peak": lr, "role": role})
     return torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas)
 
 
+def _load_optimizer(opt: torch.optim.Optimizer, saved: dict) -> None:
+    """Restore a checkpointed optimiser state; the groups keep their roles (built from the model, not the file)."""
+    roles = [g["role"] for g in opt.param_groups]
+    opt.load_state_dict(saved)
+    for group, role in zip(opt.param_groups, roles, strict=True):
+        group["role"] = role
+
+
 def _set_lr(opt: torch.optim.Optimizer, spec: StageSpec, preset: Preset, local: int) -> float:
-    tc = preset.train
-    if spec.train_main:  # the main model follows the global schedule at its global position
-        factor = cosine_lr(spec.first_step + local, 1.0, tc.total_steps, tc.lr_warmup_steps, tc.min_lr_ratio)
-    else:  # indexer-only warm-up: its own warm-up + cosine over the stage
-        factor = cosine_lr(local, 1.0, spec.steps, tc.resume_warmup_steps, tc.min_lr_ratio)
-    if spec.fresh_optimizer:
-        factor *= ramp(local, tc.resume_warmup_steps)
+    """Set every group's lr to its peak times its role's stage factor (schedule.stage_lr_factors); returns group 0's."""
+    factors = stage_lr_factors(spec, preset.train, local)
     for g in opt.param_groups:
-        g["lr"] = g["peak"] * factor
+        g["lr"] = g["peak"] * factors[g["role"]]
     return opt.param_groups[0]["lr"]
+
+
+def clip_gradients(opt: torch.optim.Optimizer, preset: Preset) -> dict[str, torch.Tensor]:
+    """Clip each objective's parameters on their own gradient norm; returns the norms before clipping, by role.
+
+    The main model (LM loss) is clipped to `train.grad_clip`, the indexers (their KL; they read a detached input,
+    so the two gradients are disjoint) to `train.indexer_grad_clip`: a large KL never shrinks the LM update.
+    """
+    limits = {"main": preset.train.grad_clip, "indexer": preset.train.indexer_grad_clip}
+    norms = {}
+    for role, limit in limits.items():
+        params = [p for g in opt.param_groups if g["role"] == role for p in g["params"]]
+        if params:
+            norms[role] = torch.nn.utils.clip_grad_norm_(params, limit)
+    return norms
 
 
 def step_losses(model: GPT, spec: StageSpec, batch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -70,8 +89,8 @@ def _check_finite(value: torch.Tensor, what: str, spec: StageSpec, global_step: 
     if not torch.isfinite(value):
         raise TrainingDivergedError(
             f"{what} became {value.item()} at global step {global_step} (step {global_step - spec.first_step} of "
-            f"stage {spec.stage!r}, model {spec.model_name!r}); lower the learning rate or raise grad_clip's "
-            "strictness, then rerun (training resumes from the last good checkpoint)"
+            f"stage {spec.stage!r}, model {spec.model_name!r}); lower the learning rate or tighten grad_clip / "
+            "indexer_grad_clip, then rerun (training resumes from the last good checkpoint)"
         )
 
 
@@ -86,7 +105,7 @@ def run_stage(
     if found is not None:
         start, state = found
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        _load_optimizer(opt, state["optimizer"])
         torch.set_rng_state(state["rng"])
         rows, wall0 = state["log"], state["wall_s"]
     model.train()
@@ -100,9 +119,8 @@ def run_stage(
         _check_finite(losses["loss"].detach(), "loss", spec, g)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        params = [p for group in opt.param_groups for p in group["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-        _check_finite(norm, "gradient norm", spec, g)
+        for role, norm in clip_gradients(opt, preset).items():
+            _check_finite(norm, f"gradient norm of the {role} parameters", spec, g)
         opt.step()
         done = local + 1
         if done % tc.log_every == 0 or done == spec.steps:

@@ -13,6 +13,7 @@ import torch
 
 from sparselens.config import Preset
 from sparselens.models.gpt import GPT, build_model
+from sparselens.threads import torch_threads
 from sparselens.training.loop import Progress, run_stage
 from sparselens.training.stages import STAGE_ORDER, StageSpec, stage_specs
 
@@ -58,14 +59,16 @@ def model_for_stage(store, preset: Preset, stage: str) -> GPT:
 
 
 def train_stage(store, preset: Preset, stage: str, progress: Progress | None = None) -> list[dict]:
-    """Run (or resume, or skip if finished) one stage; the last stages also save the final models."""
+    """Run (or resume, or skip if finished) one stage; the last stages also save the final models.
+
+    `preset.train.threads` (if set) holds only inside the stage: the caller's thread count is restored on exit.
+    """
     spec: StageSpec = stage_specs(preset.train)[stage]
-    if preset.train.threads:
-        torch.set_num_threads(preset.train.threads)
-    model = model_for_stage(store, preset, stage)
-    rows = run_stage(store, spec, model, preset, store.run_id, progress)
-    if stage in FINAL_MODEL:
-        store.save_model(FINAL_MODEL[stage], model)
+    with torch_threads(preset.train.threads or None):
+        model = model_for_stage(store, preset, stage)
+        rows = run_stage(store, spec, model, preset, store.run_id, progress)
+        if stage in FINAL_MODEL:
+            store.save_model(FINAL_MODEL[stage], model)
     return rows
 
 
