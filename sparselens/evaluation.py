@@ -24,6 +24,7 @@ def eval_lengths(preset: Preset) -> list[int]:
 
 
 def _batches(content_type: str, seq_len: int, n: int, batch_size: int):
+    """Batches of up to n held-out samples: a text split may hold fewer disjoint windows (count the batch rows)."""
     samples = validation_samples(content_type, seq_len, n)
     for i in range(0, len(samples), batch_size):
         yield stack_tokens(samples[i : i + batch_size])  # [b, T + 1]
@@ -31,15 +32,19 @@ def _batches(content_type: str, seq_len: int, n: int, batch_size: int):
 
 @torch.no_grad()
 def loss_table(model: GPT, name: str, preset: Preset, run_id: str) -> pd.DataFrame:
-    """Mean next-token loss (nats, and bits per byte) per content type and length."""
+    """Mean next-token loss (nats, and bits per byte) per content type and length.
+
+    n_samples is the number of samples evaluated: `eval.n_samples`, or fewer where the held-out text holds fewer
+    disjoint windows of the length (e.g. prose at 4096: nine).
+    """
     rows = []
     for seq_len in eval_lengths(preset):
         for ct in CONTENT_TYPES:
-            total, count = 0.0, 0
+            total, count, n_samples = 0.0, 0, 0
             for batch in _batches(ct, seq_len, preset.eval.n_samples, preset.eval.batch_size):
                 logits = model(batch[:, :-1])  # [b, T, V]
                 nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
-                total, count = total + nll.item(), count + batch[:, 1:].numel()
+                total, count, n_samples = total + nll.item(), count + batch[:, 1:].numel(), n_samples + batch.shape[0]
             loss = total / count
             rows.append(
                 {
@@ -49,7 +54,7 @@ def loss_table(model: GPT, name: str, preset: Preset, run_id: str) -> pd.DataFra
                     "seq_len": seq_len,
                     "train_seq_len": preset.train.seq_len,
                     "length_ratio": seq_len / preset.train.seq_len,
-                    "n_samples": preset.eval.n_samples,
+                    "n_samples": n_samples,
                     "loss": loss,
                     "bits_per_byte": loss / math.log(2),
                 }

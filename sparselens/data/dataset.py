@@ -6,8 +6,9 @@ the same as picking a document weighted by its length and then an offset inside 
 special case; a window may cross a document boundary, marked by the separator byte.
 
 Split sizes on CPython 3.11.7 (bytes of text): code train 8,090,871 / validation 658,033; prose train 339,557 /
-validation 37,903, so held-out windows work up to seq_len 4096 (prose validation then holds about nine disjoint
-windows; `validation_samples` spreads its offsets over the whole split).
+validation 37,903, so held-out windows work up to seq_len 4096, where prose validation holds nine disjoint
+windows. `validation_samples` returns disjoint windows only, spread over the whole split, and at most
+`disjoint_windows` of them: a held-out sample is never counted twice.
 """
 
 from __future__ import annotations
@@ -144,21 +145,33 @@ def train_batch(
     return torch.from_numpy(np.stack(rows)), content_types  # [B, T + 1]
 
 
-def _stratified_offsets(n_offsets: int, n: int, rng: np.random.Generator) -> list[int]:
-    """n offsets in [0, n_offsets), one drawn uniformly inside each of n equal strata."""
-    edges = [i * n_offsets // n for i in range(n + 1)]
-    return [int(rng.integers(lo, max(lo + 1, hi))) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+def disjoint_windows(content_type: str, seq_len: int) -> int | None:
+    """Disjoint held-out windows of seq_len + 1 tokens of a content type; None for synthetic tasks (unlimited)."""
+    check_content_type(content_type)
+    if content_type not in CORPORA:
+        return None
+    return _text_stream(content_type, "validation", seq_len).size // (seq_len + 1)
+
+
+def _disjoint_offsets(size: int, window: int, n: int, rng: np.random.Generator) -> list[int]:
+    """n offsets of disjoint `window`-byte windows in `size` bytes (n * window <= size), one per equal stratum.
+
+    Each window is drawn uniformly among the positions where it fits inside its stratum.
+    """
+    edges = [i * size // n for i in range(n + 1)]
+    return [int(rng.integers(lo, hi - window + 1)) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
 
 
 def validation_samples(content_type: str, seq_len: int, n: int, seed: int = 0) -> list[Sample]:
-    """n fixed held-out samples of seq_len + 1 tokens from the validation split; same arguments, same samples.
+    """Up to n fixed held-out samples of seq_len + 1 tokens from the validation split; same arguments, same samples.
 
-    Text windows are spread over the whole validation stream (one random offset per n-th of it). Synthetic
-    samples use the validation seed stream, disjoint from training.
+    Text windows are disjoint and spread over the whole validation stream (one per n-th of it); when the split
+    holds fewer than n disjoint windows (`disjoint_windows`), all of those are returned, so callers count
+    `len(result)`, never n. Synthetic samples use the validation seed stream, disjoint from training: always n.
 
     Returns:
-        n Samples, sample_id f"{content_type}-{seq_len}-{i}" (f"{content_type}-{seq_len}-s{seed}-{i}" when
-        seed != 0), tokens int64 [seq_len + 1].
+        min(n, disjoint_windows) Samples (n for synthetic tasks), sample_id f"{content_type}-{seq_len}-{i}"
+        (f"{content_type}-{seq_len}-s{seed}-{i}" when seed != 0), tokens int64 [seq_len + 1].
     """
     check_content_type(content_type)
     _check_count("seq_len", seq_len, 1)
@@ -170,7 +183,8 @@ def validation_samples(content_type: str, seq_len: int, n: int, seed: int = 0) -
     rng = np.random.default_rng([_VALID_DOMAIN, CONTENT_TYPES.index(content_type), seq_len, int(seed)])
     if content_type in CORPORA:
         stream = _text_stream(content_type, "validation", seq_len)
-        offsets = _stratified_offsets(stream.size - seq_len, n, rng)
+        count = min(n, stream.size // (seq_len + 1))
+        offsets = _disjoint_offsets(stream.size, seq_len + 1, count, rng)
         return [_window(content_type, "validation", stream, o, seq_len, f"{prefix}{i}") for i, o in enumerate(offsets)]
     seeds = rng.integers(MAX_SEED, size=n).tolist()
     return [synthetic_sample(content_type, "validation", seq_len, s, f"{prefix}{i}") for i, s in enumerate(seeds)]

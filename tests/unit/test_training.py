@@ -1,5 +1,6 @@
 """Training: the warm-up trains the indexer, a SIGKILLed run resumes to identical results, bad inputs fail cleanly."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,7 +13,10 @@ import pytest
 import torch
 
 from sparselens.config import get_preset
-from sparselens.evaluation import indexer_kl, recall_per_query
+from sparselens.data.corpora import corpus_stream
+from sparselens.data.dataset import validation_samples
+from sparselens.evaluation import indexer_kl, loss_table, recall_per_query
+from sparselens.models import build_model
 from sparselens.storage import RunStore
 from sparselens.training import train_all, train_log, train_stage
 from sparselens.training.loop import TrainingDivergedError
@@ -85,7 +89,29 @@ def test_sigkilled_training_resumes_to_the_same_result(tmp_path):
 
 
 def test_nan_guard_names_step_and_stage(tmp_path):
-    preset = TINY.with_overrides(lr=1e6, grad_clip=1e9)
+    preset = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, lr=1e6, grad_clip=1e9))
     store = new_store(tmp_path, preset=preset)
     with pytest.raises(TrainingDivergedError, match=r"step \d+ of stage 'pretrain'"):
         train_all(store, preset)
+
+
+def test_evaluation_uses_at_most_the_disjoint_windows_and_records_how_many():
+    t = 4096
+    stream = corpus_stream("prose", "validation").tobytes()
+    available = len(stream) // (t + 1)
+    assert 1 <= available < 12  # prose validation is short: the test can fail
+    samples = validation_samples("prose", t, 12)
+    assert len(samples) == available
+    offsets = sorted(stream.find(s.tokens.astype("uint8").tobytes()) for s in samples)
+    assert min(offsets) >= 0 and (torch.tensor(offsets).diff() >= t + 1).all()  # disjoint windows
+    preset = dataclasses.replace(
+        TINY,
+        model=dataclasses.replace(TINY.model, max_seq_len=t),
+        train=dataclasses.replace(TINY.train, seq_len=t),
+        eval=dataclasses.replace(TINY.eval, length_multipliers=(1,), n_samples=12, batch_size=4),
+    )
+    torch.manual_seed(0)
+    table = loss_table(build_model(preset.model).eval(), "dense", preset, "r")
+    n = dict(zip(table.content_type, table.n_samples, strict=True))
+    assert n.pop("prose") == available
+    assert set(n.values()) == {12}  # code holds enough windows; synthetic tasks are generated
