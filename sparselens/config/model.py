@@ -1,0 +1,54 @@
+"""The model section: a frozen `ModelConfig` that `sparselens.models.build_model` turns into a GPT."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from sparselens.config.base import ConfigError
+
+ATTENTION_KINDS = ("dense", "dsa")
+KERNEL_BACKENDS = (None, "reference", "cpu", "triton")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A GPT (RMSNorm, RoPE, SwiGLU) with dense or DSA attention."""
+
+    attention: str = "dense"  # "dense" (SDPA) or "dsa" (lightning indexer + top-k + gathered attention)
+    vocab_size: int = 256  # bytes
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    max_seq_len: int = 1024  # longest sequence the model accepts (RoPE is computed on the fly up to here)
+    indexer_heads: int = 4  # HI, light ReLU heads of the lightning indexer
+    indexer_dim: int = (
+        64  # DI, RoPE on the first DI/2 dims (half-split); quick: DI 16 or 32 left recall ~0.05 under the oracle
+    )
+    topk: int = 32  # k, an absolute number of keys per query (not a fraction of the length)
+    mlp_ratio: float = 8 / 3  # SwiGLU hidden = ratio * d_model, rounded up to a multiple of 16 (keeps params ~4d^2)
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    kernel_backend: str | None = None  # None: fastest correct kernel for the device; "reference" forces plain torch
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ConfigError(f"attention={self.attention!r} is unknown; use one of {ATTENTION_KINDS}")
+        if self.topk <= 0:
+            raise ConfigError(f"topk={self.topk} must be a positive number of keys per query (e.g. 32)")
+        for name in ("vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "indexer_heads", "indexer_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be positive")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ConfigError(f"d_model={self.d_model} must split into n_heads={self.n_heads} heads of even size")
+        if self.indexer_dim % 4:
+            raise ConfigError(f"indexer_dim={self.indexer_dim} must be a multiple of 4 (RoPE on half of it, in pairs)")
+        if self.kernel_backend not in KERNEL_BACKENDS:
+            raise ConfigError(f"kernel_backend={self.kernel_backend!r} is unknown; use one of {KERNEL_BACKENDS}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
