@@ -25,7 +25,7 @@ from sparselens.kernels.selections import sliding_window_indices  # noqa: E402
 from sparselens.kernels.sparse_attention import triton as attn_triton  # noqa: E402
 from sparselens.kernels.sparse_attention.reference import canonical_indices  # noqa: E402
 
-PRESETS = {
+SIZES = {  # problem sizes per device (not run presets: those live in sparselens/config/presets.py)
     "cpu": dict(T=4096, S=4096, K=256, reps=3),
     "gpu": dict(T=32768, S=32768, K=2048, reps=10),  # the acceptance size of benchmarks/gpu_check.py
 }
@@ -75,7 +75,7 @@ def selections(T: int, S: int, K: int, device: str) -> dict[str, torch.Tensor]:
 
 
 def main(preset: str, out: str | None) -> None:
-    p = PRESETS[preset]
+    p = SIZES[preset]
     T, S, K, reps = p["T"], p["S"], p["K"], p["reps"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
@@ -106,7 +106,7 @@ def main(preset: str, out: str | None) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--preset", choices=list(PRESETS), default="gpu" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--preset", choices=list(SIZES), default="gpu" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", help="also write the table here")
     args = parser.parse_args()
     main(args.preset, args.out)

@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 from phase2 import copy_run  # benchmarks/ is on sys.path when this runs as a script
 
-from sparselens.capture import TABLES, capture_config, capture_run
+from sparselens.capture import TABLES, capture_run
+from sparselens.runs import phase_config
 from sparselens.storage import RunStore
 from sparselens.viz.markdown import markdown_table
 
@@ -44,8 +45,8 @@ def main() -> int:
     src.require_exists()
     store = copy_run(src, tempfile.mkdtemp(prefix="sparselens-capture-bench-"), data=args.keep)
     print(f"run {args.run_id} copied to {store.run_dir}")
-    overrides = {"seq_lens": tuple(int(t) for t in args.seq_lens.split(","))} if args.seq_lens else {}
-    cfg = capture_config(store.read_manifest()["config"], **overrides)
+    overrides = {"seq_lens": [int(t) for t in args.seq_lens.split(",")]} if args.seq_lens else {}
+    cfg = phase_config(store, "capture", overrides)
     t0 = time.perf_counter()
     results = capture_run(store, cfg, fresh=not args.keep)
     wall = time.perf_counter() - t0

@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from sparselens.analysis.parallel import dask_client
-from sparselens.analysis.phase2 import phase2_config, run_phase2
-from sparselens.capture import capture_config, capture_run
+from sparselens.analysis.phase2 import run_phase2
+from sparselens.capture import capture_run
+from sparselens.runs import phase_config
 from sparselens.storage import RunStore
 from sparselens.viz.markdown import markdown_table
 
@@ -195,9 +196,9 @@ def main() -> int:
     )
     if not store.table_exists("query_stats"):
         t0 = time.perf_counter()
-        capture_run(store, capture_config(store.read_manifest()["config"]))
+        capture_run(store, phase_config(store, "capture", {}))
         print(f"capture (not part of Phase 2): {time.perf_counter() - t0:.1f} s")
-    cfg = phase2_config(store.read_manifest()["config"])
+    cfg = phase_config(store, "patterns", {})
     rows, snapshots = [], {}
     for n in [int(x) for x in args.workers.split(",")] * args.repeats:
         row, snapshots[n] = _round(store, cfg, n)

@@ -17,6 +17,7 @@ from sparselens.config import Preset
 from sparselens.data.dataset import CONTENT_TYPES, stack_tokens, validation_samples
 from sparselens.models import capture
 from sparselens.models.gpt import GPT
+from sparselens.viz.markdown import Summary, markdown_table, records
 
 
 def eval_lengths(preset: Preset) -> list[int]:
@@ -140,3 +141,20 @@ def summary(losses: pd.DataFrame, recall: pd.DataFrame, train_seq_len: int) -> p
     at_t["ratio"] = at_t["dsa"] / at_t["dense"]
     rec = recall[recall.seq_len == train_seq_len].groupby("content_type")[["recall", "oracle_recall"]].mean()
     return at_t.join(rec)
+
+
+def evaluation_summary(run_id: str, preset: Preset, tables: dict[str, pd.DataFrame]) -> Summary:
+    """What the evaluate phase publishes: loss ratio per content type at T and recall per length and layer."""
+    table = summary(tables["eval_loss"], tables["indexer_recall"], preset.train.seq_len).reset_index()
+    per_layer = tables["indexer_recall"].groupby(["seq_len", "layer"])[["recall", "oracle_recall"]].mean()
+    return Summary(
+        markdown=(
+            f"# Evaluation of run `{run_id}`\n\nAt the training length T = {preset.train.seq_len}, "
+            f"k = {preset.model.topk}:\n\n{markdown_table(table)}\n\n"
+            f"Indexer recall per length and layer (mean over content types):\n\n"
+            f"{markdown_table(per_layer.reset_index())}\n"
+        ),
+        description="DSA vs equal-step dense loss and indexer recall",
+        tables={"eval-summary": records(table, 5)},
+        result={"ratio_max": float(table["ratio"].max())},
+    )

@@ -9,7 +9,6 @@ exactly that with threads. Charts and the report section live in `sparselens.viz
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ import pandas as pd
 
 from sparselens.analysis import clustering, content, features, modelruns
 from sparselens.analysis.parallel import compute, gather, submit_map
-from sparselens.config import ConfigError
+from sparselens.config import PatternsConfig
 from sparselens.data.dataset import CONTENT_TYPES
 from sparselens.runs import run_preset
 from sparselens.storage import RunStore
@@ -26,53 +25,6 @@ from sparselens.storage.atomic import is_local
 
 MODELS = ("dense", "dsa")
 LONG_TASKS = 10  # Dask priority of the model units (seconds each): start them first, short tasks fill in after
-
-
-@dataclass(frozen=True)
-class Phase2Config:
-    """Phase 2 settings; lengths default to the run's training length."""
-
-    budget: float = 0.125  # classify_head budget, a fraction of the keys (MInference's block-sparse density)
-    max_queries: int = 256  # maps longer than this are classified on their last max_queries queries (all keys)
-    efficiency_seq_lens: tuple[int, ...] = ()  # lengths of the recall-density curves; () = the training length
-    sparsify_seq_len: int | None = None  # length of the sparsify-one-head losses; None = the training length
-    sparsify_samples: int = 4  # validation samples per content type for each sparsify loss (seed 1)
-    density_points: int = 40  # log-spaced densities each curve is stored at
-    max_k: int = 8  # largest KMeans k tried
-    min_cluster_size: int = 3  # HDBSCAN's smallest cluster
-    n_workers: int = 2  # LocalCluster workers when no existing cluster is given
-    png_scale: float = 1.5  # PNG pixel density of the charts
-
-    def __post_init__(self) -> None:
-        if not 0 < self.budget <= 1:
-            raise ConfigError(f"budget={self.budget} must be a fraction of the keys in (0, 1]")
-        for name in ("max_queries", "sparsify_samples", "density_points", "n_workers", "min_cluster_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.max_k < 2:
-            raise ConfigError(f"max_k={self.max_k} must be >= 2 (KMeans needs two clusters to compare)")
-
-    def replace(self, **changes: Any) -> Phase2Config:
-        """A copy with `changes` applied; None values are ignored (unset flow parameters)."""
-        changes = {k: (tuple(v) if isinstance(v, list) else v) for k, v in changes.items() if v is not None}
-        return dataclasses.replace(self, **changes)
-
-
-PHASE2_PRESETS = {
-    "tiny": Phase2Config(sparsify_samples=1, density_points=16, max_k=4),
-    "quick": Phase2Config(),
-    "full": Phase2Config(sparsify_samples=8, density_points=60),
-}
-
-
-def phase2_config(preset_config: dict, **overrides: Any) -> Phase2Config:
-    """The run's Phase 2 config: its manifest's `phase2` entry if present, else the preset's defaults."""
-    if "phase2" in preset_config:
-        data = {k: tuple(v) if isinstance(v, list) else v for k, v in preset_config["phase2"].items()}
-        base = Phase2Config(**data)
-    else:
-        base = PHASE2_PRESETS.get(preset_config.get("name", "quick"), PHASE2_PRESETS["quick"])
-    return base.replace(**overrides)
 
 
 @dataclass(frozen=True)
@@ -102,7 +54,7 @@ def _write(store: RunStore, name: str, df: pd.DataFrame) -> int:
     return len(df)
 
 
-def write_features(store: RunStore, cfg: Phase2Config, client=None) -> dict[str, int]:
+def write_features(store: RunStore, cfg: PatternsConfig, client=None) -> dict[str, int]:
     """Head features (dask.dataframe over query_stats + attention_topk) and the ground-truth view of them."""
     facts = run_facts(store)
     heads, _ = features.head_features(store, facts.topk, client, cfg.budget, cfg.max_queries)
@@ -113,7 +65,7 @@ def write_features(store: RunStore, cfg: Phase2Config, client=None) -> dict[str,
     }
 
 
-def write_content(store: RunStore, cfg: Phase2Config, client=None) -> dict[str, int]:
+def write_content(store: RunStore, cfg: PatternsConfig, client=None) -> dict[str, int]:
     """Kind distribution and stability (from phase2_head_features) and DSA selection relevance (selections)."""
     heads = store.read_table("phase2_head_features")
     counts = {
@@ -126,7 +78,7 @@ def write_content(store: RunStore, cfg: Phase2Config, client=None) -> dict[str, 
     return counts
 
 
-def write_clusters(store: RunStore, cfg: Phase2Config, client=None) -> dict[str, int]:
+def write_clusters(store: RunStore, cfg: PatternsConfig, client=None) -> dict[str, int]:
     """KMeans (k by silhouette) and HDBSCAN per (model, content_type, seq_len) group and per model, on `client`."""
     heads = store.read_table("phase2_head_features")
     points, summary = clustering.cluster_heads(heads, client, cfg.max_k, cfg.min_cluster_size)
@@ -136,7 +88,7 @@ def write_clusters(store: RunStore, cfg: Phase2Config, client=None) -> dict[str,
     }
 
 
-def efficiency_specs(facts: RunFacts, cfg: Phase2Config) -> list[dict]:
+def efficiency_specs(facts: RunFacts, cfg: PatternsConfig) -> list[dict]:
     lengths = cfg.efficiency_seq_lens or (facts.train_seq_len,)
     return [
         {
@@ -154,7 +106,7 @@ def efficiency_specs(facts: RunFacts, cfg: Phase2Config) -> list[dict]:
     ]
 
 
-def write_efficiency(store: RunStore, cfg: Phase2Config, client=None) -> dict[str, int]:
+def write_efficiency(store: RunStore, cfg: PatternsConfig, client=None) -> dict[str, int]:
     """Recall-density curves, AUC, regret and FLOPs of every head, one Dask task per (model, content, length)."""
     specs = efficiency_specs(run_facts(store), cfg)
     results = gather(client, submit_map(client, modelruns.efficiency_unit, specs, priority=LONG_TASKS))
@@ -166,7 +118,7 @@ def write_efficiency(store: RunStore, cfg: Phase2Config, client=None) -> dict[st
     }
 
 
-def sparsify_specs(facts: RunFacts, cfg: Phase2Config) -> list[dict]:
+def sparsify_specs(facts: RunFacts, cfg: PatternsConfig) -> list[dict]:
     t = cfg.sparsify_seq_len or facts.train_seq_len
     return [
         {
@@ -183,20 +135,20 @@ def sparsify_specs(facts: RunFacts, cfg: Phase2Config) -> list[dict]:
     ]
 
 
-def write_sparsify(store: RunStore, cfg: Phase2Config, client=None) -> dict[str, int]:
+def write_sparsify(store: RunStore, cfg: PatternsConfig, client=None) -> dict[str, int]:
     """Sparsify one head at a time, every head of every model; one Dask task per (model, layer)."""
     specs = sparsify_specs(run_facts(store), cfg)
     results = gather(client, submit_map(client, modelruns.sparsify_unit, specs, priority=LONG_TASKS))
     return {"phase2_sparsify": _write(store, "phase2_sparsify", pd.concat(results, ignore_index=True))}
 
 
-def _table_steps(store: RunStore, cfg: Phase2Config, client) -> dict[str, int]:
+def _table_steps(store: RunStore, cfg: PatternsConfig, client) -> dict[str, int]:
     counts = write_features(store, cfg, client)
     counts |= write_content(store, cfg, client)
     return counts | write_clusters(store, cfg, client)
 
 
-def run_phase2_tables(store: RunStore, cfg: Phase2Config, client=None) -> tuple[dict[str, int], dict[str, float]]:
+def run_phase2_tables(store: RunStore, cfg: PatternsConfig, client=None) -> tuple[dict[str, int], dict[str, float]]:
     """Every phase2_* table; with a client, efficiency and sparsify run beside the features on the same cluster.
 
     Returns (row counts per table, seconds per step).
@@ -221,7 +173,7 @@ def run_phase2_tables(store: RunStore, cfg: Phase2Config, client=None) -> tuple[
     return counts, seconds
 
 
-def run_phase2(store: RunStore, cfg: Phase2Config, client=None) -> dict[str, Any]:
+def run_phase2(store: RunStore, cfg: PatternsConfig, client=None) -> dict[str, Any]:
     """All of Phase 2 for one run: tables, charts (rendered on `client`), report section; returns counts and
     seconds per step (the entry point for scripts and benchmarks; the flow runs the same steps as tasks)."""
     from sparselens.viz.phase2_report import draw_phase2_charts, write_phase2_report

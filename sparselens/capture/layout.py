@@ -2,12 +2,13 @@
 
 Every file is `tables/<table>/model=<m>/seq_len=<T>/layer=<L>/part-<chunk>.parquet`, named by its chunk of
 samples, so a rerun knows exactly which files exist and rewrites a missing one with identical content. The plan
-(`capture/plan.json`: the capture config) is written before any table; a rerun with a different config drops
-the old capture tables instead of mixing two captures.
+(`capture/plan.json`: the capture config) is written before any table; a rerun with a different config drops the
+old capture tables instead of mixing two captures.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import posixpath
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sparselens.capture.config import CaptureConfig
+from sparselens.config import CaptureConfig
 from sparselens.data.dataset import Sample, validation_samples
 from sparselens.storage import RunStore, atomic_write_bytes
 from sparselens.storage.atomic import remove_stale_temps
@@ -89,14 +90,19 @@ def ensure_tables(store: RunStore) -> None:
             store.write_table(name, SCHEMAS[name].empty_table(), partition_cols=CAPTURE_PARTITIONS)
 
 
+def capture_plan(store: RunStore, cfg: CaptureConfig) -> dict:
+    """What a capture's files depend on: the capture config."""
+    return {"run_id": store.run_id, "capture": dataclasses.asdict(cfg)}
+
+
 def prepare(store: RunStore, cfg: CaptureConfig, fresh: bool = False) -> bool:
-    """Record the plan; drop capture tables written under another plan (or all, when `fresh`).
+    """Record the plan; drop capture tables written under another plan (another config), or all when `fresh`.
 
     Returns True when earlier capture files were kept (a resume), False when capture starts from nothing.
     """
-    plan = {"run_id": store.run_id, "capture": cfg.to_dict()}
+    plan = json.loads(json.dumps(capture_plan(store, cfg)))
     old = json.loads(store.read_text(PLAN_FILE)) if store.fs.exists(posixpath.join(store.run_dir, PLAN_FILE)) else None
-    keep = not fresh and old == json.loads(json.dumps(plan))
+    keep = not fresh and old == plan
     if not keep:
         for name in TABLES:
             path = posixpath.join(store.run_dir, "tables", name)

@@ -8,15 +8,16 @@ files all exist is skipped, so a killed capture resumes where it stopped and a f
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pandas as pd
 import torch
 
 from sparselens.capture import layout
-from sparselens.capture.config import CaptureConfig
 from sparselens.capture.rows import (
     ChunkMeta,
     attention_topk_table,
@@ -30,9 +31,11 @@ from sparselens.capture.stats import (
     needed_mask,
     selection_stats,
 )
+from sparselens.config import CaptureConfig
 from sparselens.data.dataset import stack_tokens
 from sparselens.models import capture
 from sparselens.storage import RunStore
+from sparselens.viz.markdown import Summary, markdown_table, records
 
 Progress = Callable[[int, int], None]  # (steps done, steps total) of one unit, a step = one (chunk, layer)
 
@@ -175,6 +178,36 @@ def capture_unit(
 def capture_units(cfg: CaptureConfig) -> list[tuple[str, int]]:
     """The (model, seq_len) units of a capture, in the order they run."""
     return [(m, t) for m in cfg.models for t in cfg.seq_lens]
+
+
+def capture_summary(store: RunStore, results: list[UnitResult | dict]) -> Summary:
+    """What the capture phase publishes: work per (model, length) unit and the size of each capture table."""
+    units = pd.DataFrame(
+        [
+            {
+                "model": r["model"],
+                "seq_len": r["seq_len"],
+                "rows": sum(r["rows"].values()),
+                "mb_written": r["bytes_written"] / 1e6,
+                "files_skipped": r["files_skipped"],
+                "seconds": r["seconds"],
+            }
+            for r in (x if isinstance(x, dict) else dataclasses.asdict(x) for x in results)
+        ]
+    )
+    sizes = pd.DataFrame(layout.table_sizes(store))
+    sizes["mb"] = sizes.pop("bytes") / 1e6
+    seconds, rows = float(units["seconds"].sum()), int(units["rows"].sum())
+    return Summary(
+        markdown=(
+            f"# Capture of run `{store.run_id}`\n\n{rows:,} rows written in {seconds:.0f} s "
+            f"({rows / max(seconds, 1e-9):,.0f} rows/s).\n\n## Tables\n\n{markdown_table(sizes, 2)}\n\n"
+            f"## Units\n\n{markdown_table(units, 2)}\n"
+        ),
+        description="capture tables: rows, files, size; work per model and length",
+        tables={"capture-tables": records(sizes, 3)},
+        result={"rows_written": rows, "seconds": seconds, "tables": sizes.to_dict("records")},
+    )
 
 
 def capture_run(

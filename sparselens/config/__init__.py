@@ -8,6 +8,7 @@ from sparselens.config.base import ConfigError, field_names
 from sparselens.config.model import ATTENTION_KINDS, KERNEL_BACKENDS, ModelConfig
 from sparselens.config.params import (
     PHASE_PARAMS,
+    PHASES,
     CaptureParams,
     InterpretParams,
     PatternsParams,
@@ -32,6 +33,7 @@ __all__ = [
     "KERNEL_BACKENDS",
     "PHASE_PARAMS",
     "PHASE_SECTIONS",
+    "PHASES",
     "PRESETS",
     "SECTIONS",
     "BenchmarkConfig",

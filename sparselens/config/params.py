@@ -26,10 +26,16 @@ def _known_preset(name: str | None) -> str | None:
 class RunParams(BaseModel):
     """Parameters of the whole pipeline (shown as a form in the Prefect UI)."""
 
-    preset: str = Field("quick", description="named preset: tiny (tests), quick (2-core CPU), full (GPU)")
+    preset: str | None = Field(
+        None, description="named preset of a new run: tiny (tests), quick (2-core CPU, the default), full (GPU)"
+    )
     root: str = Field(DEFAULT_ROOT, description="run store root: a local path or an fsspec URL")
     run_id: str | None = Field(None, description="run id; a new one is made from the preset and time if empty")
     topk: int | None = Field(None, gt=0, description="override the preset's k (keys per query)")
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='section overrides of a new run, e.g. {"capture": {"n_samples": 2}}; an existing run must match',
+    )
 
     _check_preset = field_validator("preset")(_known_preset)
 
@@ -43,7 +49,7 @@ class PhaseParams(BaseModel):
     root: str = Field(DEFAULT_ROOT, description="run store root: a local path or an fsspec URL")
     settings: dict[str, Any] = Field(
         default_factory=dict,
-        description="any field of this phase's config section, e.g. {\"n_samples\": 2}; validated and recorded",
+        description='any field of this phase\'s config section, e.g. {"n_samples": 2}; validated and recorded',
     )
 
     def overrides(self) -> dict[str, Any]:
@@ -107,3 +113,4 @@ PHASE_PARAMS: dict[str, type[PhaseParams]] = {
     "interpret": InterpretParams,
     "patterns": PatternsParams,
 }
+PHASES = tuple(PHASE_PARAMS)  # the phases a run goes through, in order

@@ -4,25 +4,21 @@ from __future__ import annotations
 
 from prefect import flow
 
-from sparselens.config import PhaseParams, RunParams, get_preset
-from sparselens.flows.capture import CaptureParams, capture
-from sparselens.flows.evaluate import evaluate
-from sparselens.flows.interpret import InterpretParams, interpret
-from sparselens.flows.patterns import PatternsParams, patterns
-from sparselens.flows.train import TrainParams, train
-from sparselens.runs import new_run_id
-from sparselens.tasks.train import create_run
+from sparselens.config import PHASE_PARAMS, RunParams
+from sparselens.flows import phase_flow
+from sparselens.runs import new_run_id, requested_preset
+from sparselens.tasks.train import open_run_task
 
 
 @flow(name="pipeline", flow_run_name="pipeline-{params.preset}")
 def pipeline(params: RunParams) -> str:
-    """The whole study for one preset; returns the run id (outputs under root/runs/<run_id>/)."""
-    preset = get_preset(params.preset).with_overrides(topk=params.topk)
-    run_id = params.run_id or new_run_id(preset)
-    create_run(params.root, run_id, preset.to_dict())
-    train(TrainParams(run_id=run_id, root=params.root))
-    evaluate(PhaseParams(run_id=run_id, root=params.root))
-    capture(CaptureParams(run_id=run_id, root=params.root))
-    interpret(InterpretParams(run_id=run_id, root=params.root))
-    patterns(PatternsParams(run_id=run_id, root=params.root))
+    """The whole study for one preset; returns the run id (outputs under root/runs/<run_id>/).
+
+    An existing run id resumes that run, which must have been created with the preset, k and overrides asked for.
+    """
+    run_id = params.run_id or new_run_id(requested_preset(params.preset, params.topk, params.overrides))
+    open_run_task(params.root, run_id, params.preset, params.topk, params.overrides)
+    for name in PHASE_PARAMS:
+        flow, params_cls = phase_flow(name)
+        flow(params_cls(run_id=run_id, root=params.root))
     return run_id

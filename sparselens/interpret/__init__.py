@@ -1,15 +1,16 @@
 """Phase 1 (interpret): summaries, charts and the report section, read only from the capture tables.
 
+The settings are the run's `interpret` config section (`sparselens.runs.phase_config(store, "interpret")`).
 `interpret_run(store, cfg)` runs the three steps; flows call them one task each:
-`write_phase1_tables`, `draw_phase1_charts`, `write_phase1_report`.
+`write_phase1_tables`, `draw_phase1_charts`, `write_phase1_report` (then publish `phase1_summary`).
 """
 
 from __future__ import annotations
 
-from sparselens.interpret.config import INTERPRET_PRESETS, InterpretConfig, interpret_config
+from sparselens.config import InterpretConfig
 from sparselens.interpret.figures import draw_phase1_charts
 from sparselens.interpret.run import key_numbers, write_phase1_tables
-from sparselens.interpret.section import write_phase1_report
+from sparselens.interpret.section import phase1_summary, write_phase1_report
 
 
 def interpret_run(store, cfg: InterpretConfig) -> str:
@@ -20,12 +21,10 @@ def interpret_run(store, cfg: InterpretConfig) -> str:
 
 
 __all__ = [
-    "INTERPRET_PRESETS",
-    "InterpretConfig",
     "draw_phase1_charts",
-    "interpret_config",
     "interpret_run",
     "key_numbers",
+    "phase1_summary",
     "write_phase1_report",
     "write_phase1_tables",
 ]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from sparselens.config import InterpretConfig
 from sparselens.interpret import maps
-from sparselens.interpret.config import InterpretConfig
 from sparselens.interpret.run import reference_length
 from sparselens.runs import run_preset
 from sparselens.storage import RunStore

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import html
+import posixpath
 
 from sparselens.interpret.run import key_numbers
 from sparselens.storage import RunStore
+from sparselens.viz.markdown import Summary, markdown_table, records
 from sparselens.viz.report import build_report, figure_html, table_html, write_section
 
 SECTION_KEY = "phase1"
@@ -49,3 +51,32 @@ def write_phase1_report(store: RunStore) -> str:
         store, SECTION_KEY, "Phase 1: what sparse attention and its indexer look at", phase1_body(store), SECTION_ORDER
     )
     return build_report(store)
+
+
+def run_url(store: RunStore, relpath: str) -> str:
+    """A URL of a file under the run directory (file:// on local disk)."""
+    return f"{store.url.rstrip('/')}/{relpath}"
+
+
+def phase1_summary(store: RunStore, charts: list[dict], report: str) -> Summary:
+    """What Phase 1 publishes: key numbers per layer, where recall falls, links to every chart and the report."""
+    numbers = key_numbers(store)
+    recall = store.read_table("phase1_recall_length")
+    pooled = recall[recall["content_type"] == "all"][["layer", "first_below", "crossing_len", "status"]]
+    links = "\n".join(
+        f"- [{c['title']}]({run_url(store, c['html'])}) ([png]({run_url(store, c['png'])}))" for c in charts
+    )
+    scaling = store.read_table("phase1_scaling")
+    pooled_scaling = scaling[scaling["content_type"] == "all"].drop(columns=["run_id"])
+    return Summary(
+        markdown=(
+            f"# Phase 1 of run `{store.run_id}`\n\n## Key numbers per layer\n\n{markdown_table(numbers, 3)}\n\n"
+            f"## Where indexer recall falls below the threshold\n\n{markdown_table(pooled, 1)}\n\n"
+            f"## Charts\n\n{links}\n\n"
+            f"Report: [{posixpath.basename(report)}]({run_url(store, 'report.html')})\n"
+        ),
+        description="Phase 1 key numbers and chart links",
+        tables={"phase1-key-numbers": records(numbers), "phase1-scaling": records(pooled_scaling)},
+        links={"report": (run_url(store, "report.html"), f"report.html of run {store.run_id}")},
+        result=report,
+    )

@@ -77,21 +77,22 @@ def to_jsonable(config: Any) -> dict:
     return json.loads(json.dumps(config, default=json_default))
 
 
-def new_manifest(run_id: str, config: Any) -> dict[str, Any]:
-    """A fresh manifest for `run_id`."""
+def new_manifest(run_id: str, config: Any, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A fresh manifest for `run_id`; `fields`: extra top-level JSON entries."""
     return {
         "run_id": run_id,
         "created_at": now_iso(),
         "config": to_jsonable(config),
+        **to_jsonable(fields or {}),
         "versions": package_versions(),
         **git_info(),
         "phases": {},
     }
 
 
-def refresh_manifest(old: dict[str, Any], config: Any) -> dict[str, Any]:
+def refresh_manifest(old: dict[str, Any], config: Any, fields: dict[str, Any] | None = None) -> dict[str, Any]:
     """An existing run re-created: new config, versions and commit; created_at and phase history kept."""
-    fresh = new_manifest(old.get("run_id", ""), config)
+    fresh = new_manifest(old.get("run_id", ""), config, fields)
     fresh["created_at"] = old.get("created_at", fresh["created_at"])
     fresh["updated_at"] = now_iso()
     fresh["phases"] = old.get("phases", {})

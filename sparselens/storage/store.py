@@ -99,8 +99,9 @@ class RunStore:
         """True once `create` has written the run's manifest."""
         return self.fs.exists(self._p("manifest.json"))
 
-    def create(self, config: Any, exist_ok: bool = True) -> None:
-        """Write the manifest: resolved `config` (dict, dataclass or pydantic), versions, git commit, phases {}.
+    def create(self, config: Any, exist_ok: bool = True, **fields: Any) -> None:
+        """Write the manifest: resolved `config` (dict, dataclass or pydantic), versions, git commit, phases {},
+        and any extra JSON `fields` (e.g. `created_with`: the preset name and overrides the config came from).
 
         Re-creating an existing run (when `exist_ok`) replaces config, versions and commit but keeps `created_at`
         and the phase history, so a resumed run records what it resumed with.
@@ -112,9 +113,9 @@ class RunStore:
                         f"run {self.run_id!r} already exists at {self.path()}; pick another "
                         f"--run-id or delete that directory"
                     )
-                manifest = mf.refresh_manifest(self._load_manifest(), config)
+                manifest = mf.refresh_manifest(self._load_manifest(), config, fields)
             else:
-                manifest = mf.new_manifest(self.run_id, config)
+                manifest = mf.new_manifest(self.run_id, config, fields)
             atomic_write_json(self.fs, self._p("manifest.json"), manifest)
 
     def require_exists(self) -> None:

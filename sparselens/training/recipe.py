@@ -16,6 +16,7 @@ from sparselens.models.gpt import GPT, build_model
 from sparselens.threads import torch_threads
 from sparselens.training.loop import Progress, run_stage
 from sparselens.training.stages import STAGE_ORDER, StageSpec, stage_specs
+from sparselens.viz.markdown import Summary, markdown_table
 
 PREVIOUS = {"pretrain": None, "dense_continue": "pretrain", "warmup": "pretrain", "sparse": "warmup"}
 FINAL_MODEL = {"dense_continue": "dense", "sparse": "dsa"}
@@ -83,10 +84,21 @@ def train_log(store, preset: Preset) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def write_train_log(store, preset: Preset) -> Summary:
+    """Write the train_log table; return its summary (the last logged row of each stage) and its row count."""
+    log = train_log(store, preset)
+    store.write_table("train_log", log)
+    final = log.groupby(["model", "stage"]).tail(1)[["model", "stage", "step", "loss", "lm_loss", "kl_loss"]]
+    return Summary(
+        markdown=f"# Training of run `{store.run_id}`\n\nLast logged row of each stage:\n\n{markdown_table(final)}",
+        description="final losses per training stage",
+        result=len(log),
+    )
+
+
 def train_all(store, preset: Preset, progress: Progress | None = None) -> pd.DataFrame:
     """Every stage in order, then the train_log table; returns it."""
     for stage in STAGE_ORDER:
         train_stage(store, preset, stage, progress)
-    log = train_log(store, preset)
-    store.write_table("train_log", log)
-    return log
+    write_train_log(store, preset)
+    return train_log(store, preset)

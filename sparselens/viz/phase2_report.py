@@ -13,6 +13,7 @@ import pandas as pd
 from sparselens.analysis.parallel import gather, submit_map
 from sparselens.storage import RunStore
 from sparselens.viz import phase2_charts as pc
+from sparselens.viz.markdown import Summary, markdown_table, records
 from sparselens.viz.report import build_report, figure_html, table_html, write_section
 from sparselens.viz.save import save_chart
 
@@ -230,3 +231,21 @@ def write_phase2_report(store: RunStore) -> str:
     """Write the Phase 2 section and rebuild report.html; return the report's path."""
     write_section(store, SECTION_KEY, SECTION_TITLE, phase2_body(store), SECTION_ORDER)
     return build_report(store)
+
+
+def phase2_summary(store: RunStore, report: str) -> Summary:
+    """What Phase 2 publishes: its key numbers, chart paths, and every head's sparsify-one-head loss change."""
+    numbers = phase2_key_numbers(store)
+    charts = store.read_table("phase2_charts")
+    links = "\n".join(f"- {row.title}: `{store.path(row.html)}`" for row in charts.itertuples(index=False))
+    sections = [f"## {name.replace('_', ' ')}\n\n{markdown_table(df)}" for name, df in numbers.items()]
+    sparsify = store.read_table("phase2_sparsify")
+    table = sparsify[sparsify["content_type"] == "all"].sort_values("delta_loss", ascending=False)
+    return Summary(
+        markdown=f"# Phase 2 of run `{store.run_id}`\n\nReport: `{report}`\n\n"
+        + "\n\n".join(sections)
+        + f"\n\n## Charts\n\n{links}\n",
+        description="pattern kinds, clusters, efficiency against the oracle, sparsify-one-head extremes",
+        tables={"phase2-sparsify": records(table.drop(columns=["run_id"]), 5)},
+        result=report,
+    )

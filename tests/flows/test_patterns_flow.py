@@ -10,9 +10,9 @@ import asyncio
 
 import pytest
 
-from sparselens.capture import CAPTURE_PRESETS, capture_run
-from sparselens.config import get_preset
-from sparselens.flows.patterns import PatternsParams, patterns
+from sparselens.capture import capture_run
+from sparselens.config import PatternsParams, get_preset
+from sparselens.flows.patterns import patterns
 from sparselens.models import build_model
 from sparselens.storage import RunStore
 
@@ -24,7 +24,7 @@ def captured_untrained(tmp_path_factory) -> RunStore:
     store.create(preset.to_dict())
     for name, attention in (("dense", "dense"), ("dsa", "dsa")):
         store.save_model(name, build_model(preset.model.replace(attention=attention)))
-    capture_run(store, CAPTURE_PRESETS["tiny"].replace(seq_lens=(32, 64), n_samples=1))
+    capture_run(store, preset.with_section("capture", seq_lens=(32, 64), n_samples=1).capture)
     return store
 
 

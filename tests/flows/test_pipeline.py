@@ -1,17 +1,26 @@
 """The pipeline flow end to end on the tiny preset, inside one session-wide Prefect test harness."""
 
-from sparselens.config import RunParams
+from sparselens.config import PHASES, SECTIONS, RunParams, get_preset, preset_from_dict
 from sparselens.flows.pipeline import pipeline
 from sparselens.storage import RunStore
 
 
-def test_pipeline_trains_and_evaluates_tiny(prefect_harness, tmp_path):
+def test_pipeline_runs_every_phase_of_tiny(prefect_harness, tmp_path):
     run_id = pipeline(RunParams(preset="tiny", root=str(tmp_path), run_id="flow"))
     store = RunStore(str(tmp_path), run_id)
-    phases = store.read_manifest()["phases"]
-    assert phases["train"]["status"] == phases["evaluate"]["status"] == "completed"
+    manifest = store.read_manifest()
+    phases = manifest["phases"]
+    assert list(phases) == list(PHASES), phases  # every phase ran, in order
+    for name, entry in phases.items():
+        assert entry["status"] == "completed" and entry["seconds"] > 0 and entry["overrides"] == {}, (name, entry)
+    assert set(SECTIONS) <= set(manifest["config"]) and preset_from_dict(manifest["config"]) == get_preset("tiny")
+    assert manifest["created_with"] == {"preset": "tiny", "topk": None, "overrides": {}}
     losses = store.read_table("eval_loss")
     assert set(losses.model) == {"dense", "dsa"}
     assert set(losses.seq_len) == {64, 128}  # T and 2T for tiny
     recall = store.read_table("indexer_recall")
     assert ((recall.recall >= 0) & (recall.recall <= recall.oracle_recall + 1e-9)).all()
+    for table in ("train_log", "query_stats", "selections", "phase1_scaling", "phase2_head_features"):
+        assert store.table_exists(table), table
+    report = store.read_text("report.html")
+    assert "Phase 1" in report and "Phase 2" in report

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from sparselens.capture import CAPTURE_PRESETS, capture_run
+from sparselens.capture import capture_run
 from sparselens.config import get_preset
 from sparselens.storage import RunStore
 from sparselens.training import train_all
@@ -32,7 +32,7 @@ def copy_run(store: RunStore, dest) -> RunStore:
 def tiny_captured(tiny_run, tmp_path_factory) -> RunStore:
     """A copy of the tiny run with the tiny preset's capture tables written; read-only."""
     store = copy_run(tiny_run, tmp_path_factory.mktemp("tiny-captured"))
-    capture_run(store, CAPTURE_PRESETS["tiny"])
+    capture_run(store, get_preset("tiny").capture)
     return store
 
 

@@ -1,5 +1,6 @@
 """Capture: rows equal a direct computation from the hooks, tables read back typed, reruns skip finished work."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -8,14 +9,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from sparselens.capture import CAPTURE_PRESETS, TABLES, capture_run, layer_hooks
+from sparselens.capture import TABLES, capture_run, layer_hooks
 from sparselens.capture.read import arrow_dataset, dask_frame
 from sparselens.capture.stats import _sorted_quantiles, keys_for_mass, local_mass
+from sparselens.config import get_preset
 from sparselens.data.dataset import validation_samples
 from sparselens.models import capture
 from sparselens.storage import SCHEMAS
 
-CFG = CAPTURE_PRESETS["tiny"]
+CFG = get_preset("tiny").capture
 T = 64  # a captured length of the tiny preset
 LAYER = 1
 
@@ -161,13 +163,13 @@ def test_rerun_skips_completed_partitions_and_rewrites_only_what_is_missing(tiny
 
 def test_changed_plan_drops_the_old_capture(tiny_captured, run_copy):
     store = run_copy(tiny_captured)
-    cfg = CFG.replace(seq_lens=(32,), n_samples=1, topk_samples=0)
+    cfg = dataclasses.replace(CFG, seq_lens=(32,), n_samples=1, topk_samples=0)
     capture_run(store, cfg)
     qs = store.read_table("query_stats")
     assert set(qs["seq_len"]) == {32} and qs["sample_id"].str.endswith("-0").all()
     assert store.read_table("attention_topk").empty
     with pytest.raises(ValueError, match="exceeds model"):
-        capture_run(store, CFG.replace(seq_lens=(512,)))
+        capture_run(store, dataclasses.replace(CFG, seq_lens=(512,)))
 
 
 def test_files_are_single_row_groups(tiny_captured):

@@ -4,8 +4,9 @@ import asyncio
 
 import pytest
 
-from sparselens.flows.capture import CaptureParams, capture
-from sparselens.flows.interpret import InterpretParams, interpret
+from sparselens.config import CaptureParams, InterpretParams
+from sparselens.flows.capture import capture
+from sparselens.flows.interpret import interpret
 
 
 async def _artifact_keys(run_id: str) -> set[str]:

@@ -10,18 +10,20 @@ import time
 import numpy as np
 import pandas as pd
 
-from sparselens.capture import CAPTURE_PRESETS, TABLES, capture_run
+from sparselens.capture import TABLES, capture_run
+from sparselens.config import get_preset
 
 RUNNER = textwrap.dedent("""
     import sys, time
-    from sparselens.capture import CAPTURE_PRESETS, capture_run, layout
+    from sparselens.capture import capture_run, layout
+    from sparselens.config import get_preset
     from sparselens.storage import RunStore
     write = layout.write_part
     def slow_write(store, path, table):  # stretch the capture so the parent can kill it half-way
         time.sleep(0.05)
         return write(store, path, table)
     layout.write_part = slow_write
-    capture_run(RunStore(sys.argv[1], sys.argv[2]), CAPTURE_PRESETS["tiny"])
+    capture_run(RunStore(sys.argv[1], sys.argv[2]), get_preset("tiny").capture)
 """)
 KEYS = ["model", "seq_len", "layer", "sample_id", "head", "indexer_head", "query_pos"]
 
@@ -46,7 +48,7 @@ def test_killed_capture_resumes_to_the_same_tables(tiny_run, tiny_captured, run_
     written = len(_parquet_files(store))
     expected = len(_parquet_files(tiny_captured))
     assert 0 < written < expected, (written, expected)  # it really died half-way
-    results = capture_run(store, CAPTURE_PRESETS["tiny"])
+    results = capture_run(store, get_preset("tiny").capture)
     assert sum(r.files_skipped for r in results) >= written - len(TABLES)  # finished work was not redone
     assert len(_parquet_files(store)) == expected
     leftovers = [p for p in store.fs.find(f"{store.run_dir}/tables") if "/." in p]

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from sparselens.capture.read import arrow_dataset, dask_frame
-from sparselens.interpret import INTERPRET_PRESETS, interpret_run, maps, summaries
+from sparselens.config import get_preset
+from sparselens.interpret import interpret_run, maps, summaries
 from sparselens.storage import SCHEMAS
 
 PHASE1_TABLES = [n for n in SCHEMAS if n.startswith("phase1_")]
@@ -24,7 +25,7 @@ def phase1(tiny_captured, tmp_path_factory):
     dest = tmp_path_factory.mktemp("phase1")
     shutil.copytree(tiny_captured.run_dir, dest / "runs" / tiny_captured.run_id)
     store = RunStore(str(dest), tiny_captured.run_id)
-    interpret_run(store, INTERPRET_PRESETS["tiny"])
+    interpret_run(store, get_preset("tiny").interpret)
     return store
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from sparselens.analysis import KINDS
-from sparselens.analysis.phase2 import PHASE2_PRESETS, Phase2Config, phase2_config, run_phase2
-from sparselens.config import ConfigError
+from sparselens.analysis.phase2 import run_phase2
+from sparselens.config import get_preset
 from sparselens.storage import RunStore
 
 HEAD = ["model", "content_type", "seq_len", "layer", "head"]
@@ -21,7 +21,7 @@ def phase2_store(tiny_captured, tmp_path_factory) -> RunStore:
     dest = tmp_path_factory.mktemp("phase2")
     shutil.copytree(tiny_captured.run_dir, dest / "runs" / tiny_captured.run_id)
     store = RunStore(str(dest), tiny_captured.run_id)
-    result = run_phase2(store, PHASE2_PRESETS["tiny"], client=None)
+    result = run_phase2(store, get_preset("tiny").patterns, client=None)
     assert result["charts"] >= 9
     return store
 
@@ -100,10 +100,3 @@ def test_report_names_extreme_heads_and_is_offline(phase2_store):
     for row in charts.itertuples():
         assert phase2_store.read_bytes(row.png)[:8] == b"\x89PNG\r\n\x1a\n"
         assert "cdn.jsdelivr" not in phase2_store.read_text(row.html)
-
-
-def test_phase2_config_errors_and_overrides():
-    with pytest.raises(ConfigError, match="budget"):
-        Phase2Config(budget=0)
-    cfg = phase2_config({"name": "tiny"}, sparsify_samples=3, efficiency_seq_lens=[32, 64], budget=None)
-    assert cfg.sparsify_samples == 3 and cfg.efficiency_seq_lens == (32, 64) and cfg.max_k == 4
