@@ -2,7 +2,7 @@
 
     sparselens run [--preset quick] [--root DIR] [--run-id ID] [--topk K] [--set SECTION.FIELD=VALUE ...]
     sparselens phase train|evaluate|capture|interpret|patterns --run-id ID [--root DIR] [--set FIELD=VALUE ...]
-                     [--dask-address ADDR]
+                     [--dask-address ADDR] [--fresh]
     sparselens runs [--root DIR]
 
 Inputs are checked before Prefect starts, so a bad preset, k, setting, run id or checkpoint gives one clear
@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     phase.add_argument("--root", default=DEFAULT_ROOT)
     phase.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help=SET_HELP)
     phase.add_argument("--dask-address", default=None, help="patterns: an existing Dask scheduler (default: local)")
+    phase.add_argument("--fresh", action="store_true", help="capture: drop the run's earlier capture first")
     runs = sub.add_parser("runs", help="list the runs under a root")
     runs.add_argument("--root", default=DEFAULT_ROOT)
     return parser
@@ -121,6 +122,7 @@ def _phase(args: argparse.Namespace) -> int:
     store = RunStore(args.root, args.run_id)
     store.require_exists()
     extra = {"dask_address": args.dask_address} if args.name == "patterns" and args.dask_address else {}
+    extra |= {"fresh": True} if args.name == "capture" and args.fresh else {}
     params = PHASE_PARAMS[args.name](
         run_id=args.run_id, root=args.root, settings=phase_settings(args.name, args.set), **extra
     )

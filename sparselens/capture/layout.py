@@ -2,8 +2,9 @@
 
 Every file is `tables/<table>/model=<m>/seq_len=<T>/layer=<L>/part-<chunk>.parquet`, named by its chunk of
 samples, so a rerun knows exactly which files exist and rewrites a missing one with identical content. The plan
-(`capture/plan.json`: the capture config) is written before any table; a rerun with a different config drops the
-old capture tables instead of mixing two captures.
+(`capture/plan.json`: the capture config and a hash of every captured model's file) is written before any table;
+a rerun with a different config, or after a model was retrained, drops the old capture tables instead of mixing
+two captures.
 """
 
 from __future__ import annotations
@@ -91,12 +92,14 @@ def ensure_tables(store: RunStore) -> None:
 
 
 def capture_plan(store: RunStore, cfg: CaptureConfig) -> dict:
-    """What a capture's files depend on: the capture config."""
-    return {"run_id": store.run_id, "capture": dataclasses.asdict(cfg)}
+    """What a capture's files depend on: the capture config and the identity (file hash) of every model captured."""
+    models = {name: store.model_digest(name) if store.has_model(name) else None for name in cfg.models}
+    return {"run_id": store.run_id, "capture": dataclasses.asdict(cfg), "models": models}
 
 
 def prepare(store: RunStore, cfg: CaptureConfig, fresh: bool = False) -> bool:
-    """Record the plan; drop capture tables written under another plan (another config), or all when `fresh`.
+    """Record the plan; drop capture tables written under another plan (another config or a retrained model), or
+    all of them when `fresh`.
 
     Returns True when earlier capture files were kept (a resume), False when capture starts from nothing.
     """

@@ -62,7 +62,10 @@ def save_checkpoint(fs: AbstractFileSystem, directory: str, step: int, state: di
     return path
 
 
-RESTART_STAGE = "Delete that file (or pass --fresh) to restart that stage from scratch."
+RESTART_STAGE = (
+    "Delete that file and rerun the phase: the stage resumes from the checkpoint kept before it, or restarts if "
+    "there is none."
+)
 
 
 def load_torch_file(

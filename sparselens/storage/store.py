@@ -13,6 +13,7 @@ Every write is atomic (see storage/atomic.py), so a phase that dies half-way nev
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import posixpath
@@ -236,7 +237,7 @@ class RunStore:
         return ckpt.load_latest(self.fs, self.checkpoint_dir(model, stage), map_location)
 
     def clear_checkpoints(self, model: str, stage: str | None = None) -> None:
-        """Delete `model`'s checkpoints for `stage` (all stages when None), e.g. for a --fresh restart."""
+        """Delete `model`'s checkpoints for `stage` (all stages when None), so the stage restarts from scratch."""
         path = self.checkpoint_dir(model, stage) if stage else self._p("checkpoints", _check_name("model", model))
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
@@ -247,6 +248,17 @@ class RunStore:
     def has_model(self, name: str) -> bool:
         """True when final model `name` has been saved."""
         return self.fs.exists(self._model_path(name))
+
+    def model_digest(self, name: str) -> str:
+        """sha256 of saved model `name`'s file: its identity (a retrained or rebuilt model has another)."""
+        path = self._model_path(name)
+        if not self.fs.exists(path):
+            raise ModelNotFoundError(f"run {self.run_id!r} has no saved model {name!r} ({_display(self.fs, path)})")
+        digest = hashlib.sha256()
+        with self.fs.open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     def list_models(self) -> list[str]:
         """Names of the saved final models, sorted."""

@@ -172,6 +172,29 @@ def test_changed_plan_drops_the_old_capture(tiny_captured, run_copy):
         capture_run(store, dataclasses.replace(CFG, seq_lens=(512,)))
 
 
+def test_a_retrained_model_is_recaptured(tiny_captured, run_copy):
+    """The plan holds each model's file hash: new weights under the same name drop the old capture."""
+    store = run_copy(tiny_captured)
+    cfg = dataclasses.replace(CFG, seq_lens=(32,), n_samples=1)
+    capture_run(store, cfg)
+    before = store.read_table("query_stats", filters=[("model", "=", "dsa")])
+    assert sum(r.files_written for r in capture_run(store, cfg)) == 0  # same models: everything is kept
+    store.save_model("dense", store.load_model("dense"))  # the same weights saved again: still the same model
+    assert sum(r.files_written for r in capture_run(store, cfg)) == 0
+    model = store.load_model("dsa")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    store.save_model("dsa", model)  # "retrained"
+    results = capture_run(store, cfg)
+    assert sum(r.files_skipped for r in results) == 0 and all(r.files_written > 0 for r in results)
+    after = store.read_table("query_stats", filters=[("model", "=", "dsa")])
+    key = ["sample_id", "layer", "head", "query_pos"]
+    a, b = before.sort_values(key).reset_index(drop=True), after.sort_values(key).reset_index(drop=True)
+    assert len(a) == len(b) and not np.allclose(a["entropy"], b["entropy"])
+
+
 def test_files_are_single_row_groups(tiny_captured):
     import pyarrow.parquet as pq
 

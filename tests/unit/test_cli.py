@@ -126,8 +126,8 @@ def test_phase_options_reach_the_flow_parameters(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sparselens.flows, "phase_flow", lambda name: (seen.append, None))
     RunStore(str(tmp_path), "r").create(get_preset("tiny").to_dict())
     argv = ("--run-id", "r", "--root", str(tmp_path))
-    assert run_cli(capsys, "phase", "capture", *argv, "--set", "capture.top_m=8")[0] == 0
+    assert run_cli(capsys, "phase", "capture", *argv, "--fresh", "--set", "capture.top_m=8")[0] == 0
     assert run_cli(capsys, "phase", "patterns", *argv, "--dask-address", "tcp://h:1", "--set", "n_workers=1")[0] == 0
     capture, patterns = seen
-    assert capture.overrides() == {"top_m": 8}
+    assert capture.fresh and capture.overrides() == {"top_m": 8}
     assert patterns.dask_address == "tcp://h:1" and patterns.overrides() == {"n_workers": 1}
