@@ -27,9 +27,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from sparselens.analysis.parallel import dask_client
-from sparselens.analysis.phase2 import run_phase2
 from sparselens.capture import capture_run
+from sparselens.phase2.parallel import dask_client
+from sparselens.phase2.run import run_phase2
 from sparselens.runs import phase_config
 from sparselens.storage import RunStore
 from sparselens.viz.markdown import markdown_table
@@ -72,8 +72,8 @@ def _warm_up(client, store: RunStore) -> None:
         import torch
         from sklearn.cluster import KMeans
 
-        import sparselens.analysis.modelruns  # noqa: F401
-        import sparselens.analysis.phase2  # noqa: F401
+        import sparselens.phase2.modelruns  # noqa: F401
+        import sparselens.phase2.run  # noqa: F401
         from sparselens.viz.save import chart_html, chart_png
 
         chart = alt.Chart(pd.DataFrame({"x": [0, 1]})).mark_point().encode(x="x:Q")

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from sparselens.config import Preset
 from sparselens.data.dataset import CONTENT_TYPES, stack_tokens, validation_samples
+from sparselens.metrics import recall_per_query
 from sparselens.models import capture
 from sparselens.models.gpt import GPT
 from sparselens.viz.markdown import Summary, markdown_table, records
@@ -61,18 +62,6 @@ def loss_table(model: GPT, name: str, preset: Preset, run_id: str) -> pd.DataFra
                 }
             )
     return pd.DataFrame(rows)
-
-
-def recall_per_query(dense_pattern: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Selected and oracle mass per query.
-
-    dense_pattern [B, H, T, S] (causal probabilities), idx [B, T, k] (-1 = none) -> (recall [B, T], oracle [B, T]).
-    """
-    p = dense_pattern.sum(1)  # [B, T, S]
-    p = p / p.sum(-1, keepdim=True)
-    picked = torch.gather(p, -1, idx.clamp(min=0)) * (idx >= 0)  # [B, T, k]
-    oracle = p.topk(min(idx.shape[-1], p.shape[-1]), dim=-1).values.sum(-1)  # [B, T]
-    return picked.sum(-1), oracle
 
 
 @torch.no_grad()

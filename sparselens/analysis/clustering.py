@@ -8,9 +8,10 @@ Features are standardised (zero mean, unit variance; constant columns become 0).
 - ``hdbscan``: density-based, no k to choose; a cluster needs ``min_cluster_size`` points and at least 5 % of
   them (so pooling hundreds of heads does not shatter into dozens of tiny clusters); the rest is noise (-1).
 
-Each (model, content_type, seq_len) group is clustered alone (one Dask task each), and each model's heads over all
-contexts together (``scope = "model"``), which is where the 2-D projection (PCA of the standardised features)
-comes from. Agreement with the kinds is the adjusted Rand index (1 = the same partition, 0 = chance).
+Each (model, content_type, seq_len) group is clustered alone (`sparselens.phase2` runs one Dask task each), and
+each model's heads over all contexts together (``scope = "model"``), which is where the 2-D projection (PCA of the
+standardised features) comes from. Agreement with the kinds is the adjusted Rand index (1 = the same partition,
+0 = chance).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.preprocessing import StandardScaler
 
-from sparselens.analysis.parallel import gather, submit_map
+from sparselens.analysis.headmaps import HEAD_KEYS
 
 FEATURES = (
     "sink_mass",
@@ -47,7 +48,7 @@ FEATURES = (
     "coverage",
     "oracle_coverage",
 )
-POINT_KEYS = ["model", "content_type", "seq_len", "layer", "head"]
+POINT_KEYS = HEAD_KEYS
 SEED = 0
 
 
@@ -117,19 +118,18 @@ def cluster_points(
     return points, summary
 
 
-def _cluster_task(item: tuple[dict, pd.DataFrame], max_k: int, min_cluster_size: int) -> tuple[pd.DataFrame, dict]:
+def cluster_item(item: tuple[dict, pd.DataFrame], max_k: int = 8, min_cluster_size: int = 3) -> tuple:
+    """(points, summary row) of one item of `cluster_items`."""
     keys, df = item
     points, summary = cluster_points(df, keys["scope"], max_k, min_cluster_size)
     return points, keys | summary
 
 
-def cluster_heads(
-    heads: pd.DataFrame, client=None, max_k: int = 8, min_cluster_size: int = 3
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Cluster every (model, content_type, seq_len) group and every model's points, in parallel on `client`.
+def cluster_items(heads: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
+    """What to cluster: every (model, content_type, seq_len) group, then every model's points over all contexts.
 
-    heads: phase2_head_features rows. Returns (points: one row per head and scope, summary: one row per cluster
-    run with model, content_type, seq_len ('all' / -1 for model scope), k, silhouette and ARIs).
+    heads: phase2_head_features rows. Each item is (keys: model, content_type, seq_len ('all' / -1 for model
+    scope), scope; its rows); `cluster_item` clusters one, so a caller can spread them over workers.
     """
     items = []
     for (model, ct, t), g in heads.groupby(["model", "content_type", "seq_len"], sort=True):
@@ -140,7 +140,15 @@ def cluster_heads(
         items.append(
             ({"model": model, "content_type": "all", "seq_len": -1, "scope": "model"}, g.reset_index(drop=True))
         )
-    results = gather(client, submit_map(client, _cluster_task, items, max_k=max_k, min_cluster_size=min_cluster_size))
+    return items
+
+
+def combine_clusters(results: list[tuple[pd.DataFrame, dict]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`cluster_item` results -> (points: one row per head and scope, summary: one row per clustered item)."""
     points = pd.concat([p for p, _ in results], ignore_index=True)
-    summary = pd.DataFrame([s for _, s in results])
-    return points, summary
+    return points, pd.DataFrame([s for _, s in results])
+
+
+def cluster_heads(heads: pd.DataFrame, max_k: int = 8, min_cluster_size: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cluster every item of `cluster_items` in this process; see `combine_clusters` for the result."""
+    return combine_clusters([cluster_item(item, max_k, min_cluster_size) for item in cluster_items(heads)])

@@ -6,7 +6,8 @@
   and ``stability`` = share of content types giving the modal kind (1 = one kind everywhere).
 - :func:`ground_truth_heads`: on the synthetic tasks, how much each head attends to the ground-truth needed keys
   (``needed_mass``), how often its heaviest key is one (``needed_argmax``), and ``lift`` over a uniform row.
-- Selection relevance (:func:`lazy_relevance` over the `selections` table, dask.dataframe): for DSA queries
+- Selection relevance (:func:`relevance_partials` per partition of the `selections` table, summed, then
+  :func:`finish_relevance`): for DSA queries
   t >= k, the share of selected keys that are ground-truth needed (synthetic types), that hold the same byte as
   the query (the duplicate-token template), and that follow an earlier copy of the query's byte (the induction
   template: key s with token[s - 1] == token[t]); each beside its chance level, the share of all visible keys
@@ -18,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sparselens.analysis.features import HEAD_KEYS
+from sparselens.analysis.headmaps import HEAD_KEYS
 from sparselens.data.dataset import CONTENT_TYPES
+from sparselens.masks import causal_mask_np
 
 SYNTHETIC = tuple(ct for ct in CONTENT_TYPES if ct not in ("code", "prose"))
 RELEVANCE_KEYS = ["model", "content_type", "seq_len", "layer"]
@@ -104,8 +106,9 @@ def _sample_relevance(g: pd.DataFrame, topk: int) -> dict[str, float]:
     same = tokens[:, None] == tokens[None, :]  # [T, T] key s holds the query's byte
     follow = np.zeros_like(same)
     follow[:, 1:] = same[:, :-1]  # key s follows an earlier copy of the query's byte (induction target)
-    same &= np.tri(t, k=-1, dtype=bool)  # earlier copies only: the query's own key is not a duplicate token
-    follow &= np.tri(t, dtype=bool)  # [T, T] causal
+    causal = causal_mask_np(t, t)  # [T, T]
+    same &= causal & ~np.eye(t, dtype=bool)  # earlier copies only: the query's own key is not a duplicate token
+    follow &= causal
     has_truth = g["needed"].notna().any()
     truth = _scatter(g["query_pos"], g["needed"] if has_truth else None, t)  # [T, T] ground-truth needed keys
     chosen = _scatter(g["query_pos"], g["selected"], t)  # [T, T] selected keys
@@ -135,19 +138,6 @@ def relevance_partials(df: pd.DataFrame, topk: int) -> pd.DataFrame:
         rows.append({"model": model, "content_type": ct, "seq_len": t, "layer": layer} | _sample_relevance(g, topk))
     out = pd.DataFrame(rows, columns=cols)
     return out.astype({c: "float64" for c in cols[4:]})
-
-
-def lazy_relevance(selections_path: str, topk: int):
-    """Lazy Dask DataFrame of relevance sums per (model, content_type, seq_len, layer) over the selections table."""
-    import dask.dataframe as dd
-
-    sel = dd.read_parquet(
-        selections_path,
-        columns=["model", "content_type", "seq_len", "sample_id", "layer", "query_pos", "token", "selected", "needed"],
-        split_row_groups=False,
-    )
-    meta = relevance_partials(pd.DataFrame(), topk)
-    return sel.map_partitions(relevance_partials, topk, meta=meta).groupby(RELEVANCE_KEYS).sum(split_out=1)
 
 
 def finish_relevance(sums: pd.DataFrame) -> pd.DataFrame:

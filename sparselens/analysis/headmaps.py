@@ -34,12 +34,14 @@ import pandas as pd
 from sparselens.analysis.patterns import classify_head, decompose_head, pool_blocks, prepare_head
 from sparselens.data.corpora import CORPORA
 from sparselens.data.dataset import validation_samples
+from sparselens.masks import causal_mask_np
 
 WINDOWS = (1, 4, 16, 64)  # local windows, keys (offset 0 is the query's own key)
 LINE_FRACTION = 1 / 16  # concentration budget: ceil(T * LINE_FRACTION) lines or keys per query
 BLOCK = 16  # block size of block_conc, positions
 MAX_QUERIES = 256  # longer maps are measured on their last MAX_QUERIES queries (over all keys)
-MAP_KEYS = ["model", "content_type", "seq_len", "sample_id", "layer", "head"]
+HEAD_KEYS = ["model", "content_type", "seq_len", "layer", "head"]  # one head in one context
+MAP_KEYS = ["model", "content_type", "seq_len", "sample_id", "layer", "head"]  # one captured map
 DECOMPOSITION = ("sink", "local", "vertical", "slash", "block", "residual")
 
 
@@ -65,7 +67,7 @@ def rebuild_map(query_pos: np.ndarray, keys: list[np.ndarray], weights: list[np.
     total = attn.sum(1)  # [T]
     if (total <= 0).any():
         raise ValueError("an attention_topk row keeps no positive weight; the capture table is damaged")
-    free = np.tri(seq_len, dtype=bool) & (attn == 0)  # [T, T] causal keys the row did not keep
+    free = causal_mask_np(seq_len, seq_len) & (attn == 0)  # [T, T] causal keys the row did not keep
     n_free = free.sum(1)  # [T]
     fill = np.where(n_free > 0, np.clip(1.0 - total, 0.0, None) / np.maximum(n_free, 1), 0.0)  # [T]
     attn += free * fill[:, None]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from sparselens.analysis.patterns import KINDS, budget_keys, check_attention
+from sparselens.masks import causal_mask_np
 
 
 def pattern_mask(kind: str, params: dict, n_queries: int, n_keys: int, attn: np.ndarray | None = None) -> np.ndarray:
@@ -68,7 +69,7 @@ def density(mask: np.ndarray) -> float:
     if m.ndim != 2 or not 1 <= m.shape[0] <= m.shape[1]:
         raise ValueError(f"mask must be [Q, K] with 1 <= Q <= K, got shape {m.shape}")
     q, k = m.shape
-    return float(np.tril(m, k - q).sum() / ((k - q) * q + q * (q + 1) / 2))
+    return float((m & causal_mask_np(q, k)).sum() / ((k - q) * q + q * (q + 1) / 2))
 
 
 def oracle_coverage(attn: np.ndarray, keys_per_query: int | None = None, *, at_density: float | None = None) -> float:

@@ -47,6 +47,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from sparselens.masks import causal_mask_np
+
 KINDS = ("local", "sink", "sink_local", "vertical_slash", "block", "scattered", "broad")
 STATIC_KINDS = ("sink", "local", "sink_local", "vertical_slash", "block")  # simplest first
 SINK_GRID = (1, 2, 3, 4, 6, 8, 12, 16)  # sink sizes tried by the A-shape family
@@ -105,7 +107,8 @@ def check_attention(attn: np.ndarray, atol: float = 1e-2) -> np.ndarray:
         raise ValueError(
             f"attn holds negative values (min {a.min():.3g}); pass probabilities (hook_pattern), not scores or logits."
         )
-    future = np.triu(a, k - q + 1).sum(1)  # [Q] mass on keys after each query
+    allowed = causal_mask_np(q, k)  # [Q, K]
+    future = np.where(allowed, 0.0, a).sum(1)  # [Q] mass on keys after each query
     if future.max() > atol:
         raise ValueError(
             f"attn puts {future.max():.3g} of row {int(future.argmax())}'s mass on future keys; rows must "
@@ -118,7 +121,7 @@ def check_attention(attn: np.ndarray, atol: float = 1e-2) -> np.ndarray:
             f"attn rows must sum to 1, row {bad} sums to {rows[bad]:.4g}; renormalise with "
             "attn / attn.sum(-1, keepdims=True), or pass probabilities rather than scores."
         )
-    return np.tril(a, k - q) / (rows - future)[:, None]
+    return np.where(allowed, a, 0.0) / (rows - future)[:, None]
 
 
 def _prepare(attn: np.ndarray | _Head) -> _Head:

@@ -11,15 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sparselens.evaluation import recall_per_query
+from sparselens.masks import causal_mask
+from sparselens.metrics import recall_per_query
 
 QUANTILES = (0.5, 0.9, 0.99)  # score quantiles kept per indexer row
 MASS_FRACTIONS = (0.5, 0.9, 0.99)  # softmax-mass thresholds of the indexer
-
-
-def allowed_mask(t: int, s: int, device: torch.device | None = None) -> torch.Tensor:
-    """bool [T, S], True where query t may look at key s (s <= S - T + t)."""
-    return torch.ones(t, s, dtype=torch.bool, device=device).tril(s - t)
 
 
 def keys_for_mass(sorted_desc: torch.Tensor, fractions: tuple[float, ...]) -> list[torch.Tensor]:
@@ -132,7 +128,7 @@ def indexer_row_stats(rows: torch.Tensor, dense_pattern: torch.Tensor) -> dict[s
     main_head_corr [B, J, T, H] (Pearson over allowed keys; NaN where a row is constant).
     """
     t, s = rows.shape[-2:]
-    allowed = allowed_mask(t, s, rows.device)  # [T, S]
+    allowed = causal_mask(t, s, rows.device)  # [T, S]
     n = allowed.sum(-1)  # [T]
     zeroed = rows.masked_fill(~allowed, 0.0)  # [B, J, T, S]
     mean = zeroed.sum(-1) / n  # [B, J, T]

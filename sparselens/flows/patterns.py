@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from sparselens.analysis.parallel import cluster_address
 from sparselens.config import PatternsParams
+from sparselens.phase2.parallel import cluster_address
 from sparselens.runs import phase
 from sparselens.storage import RunStore
 from sparselens.tasks.patterns import (

@@ -1,7 +1,8 @@
 """Attention maps, long-context profiles and token-selection views rebuilt from the capture tables (numpy).
 
-Maps come from `attention_topk` (the top-m keys per query and head): exact for a DSA layer whose k <= m, and
-for dense attention everything but the tail below the m-th weight (its share is the table's 1 - mass).
+Maps come from `attention_topk` (the top-m keys per query and head), rebuilt by the one function Phase 2 uses too,
+`sparselens.analysis.headmaps.rebuild_map`: exact for a DSA layer whose k <= m; for dense attention the kept weights
+as captured, with the tail below the m-th weight (the table's 1 - mass) spread evenly over the row's other keys.
 """
 
 from __future__ import annotations
@@ -9,21 +10,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from sparselens.analysis.headmaps import rebuild_map
+from sparselens.masks import causal_mask_np
+
 FUTURE = np.nan  # value of map cells a query may not look at (drawn in grey)
 
 
 def attention_maps(rows: pd.DataFrame, n_heads: int, seq_len: int) -> np.ndarray:
-    """attention_topk rows of one model, sample and layer -> maps [H, T, T] (NaN above the diagonal)."""
+    """attention_topk rows of one model, sample and layer (every head and query) -> maps [H, T, T] float32, each
+    head's as `rebuild_map` makes it (rows sum to 1), NaN above the diagonal."""
     maps = np.zeros((n_heads, seq_len, seq_len), dtype=np.float32)
-    if len(rows):
-        lengths = rows["keys"].map(len).to_numpy()
-        keys = np.concatenate(rows["keys"].to_numpy()).astype(np.int64)
-        weights = np.concatenate(rows["weights"].to_numpy()).astype(np.float32)
-        heads = np.repeat(rows["head"].to_numpy(), lengths)
-        queries = np.repeat(rows["query_pos"].to_numpy(), lengths)
-        maps[heads, queries, keys] = weights
-    future = np.triu(np.ones((seq_len, seq_len), dtype=bool), 1)  # [T, T]
-    maps[:, future] = FUTURE
+    for head, g in rows.groupby("head", sort=True):
+        g = g.sort_values("query_pos")
+        maps[int(head)] = rebuild_map(g["query_pos"].to_numpy(), list(g["keys"]), list(g["weights"]), seq_len)
+    maps[:, ~causal_mask_np(seq_len, seq_len)] = FUTURE
     return maps
 
 
@@ -38,7 +38,7 @@ def pool_maps(maps: np.ndarray, blocks: int) -> tuple[np.ndarray, int]:
     sums = padded.reshape(h, nb, size, nb, size).sum(axis=(2, 4))  # [H, nb, nb]
     queries = np.minimum(size, t - np.arange(nb) * size)  # [nb] real queries per block
     pooled = sums / queries[None, :, None]
-    pooled[:, np.triu(np.ones((nb, nb), dtype=bool), 1)] = FUTURE
+    pooled[:, ~causal_mask_np(nb, nb)] = FUTURE  # key blocks wholly after the query block
     return pooled.astype(np.float32), size
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import io
 import posixpath
 import re
+from collections.abc import Callable
 from typing import Any
 
 from fsspec import AbstractFileSystem
@@ -92,8 +93,13 @@ def load_latest(fs: AbstractFileSystem, directory: str, map_location: Any = "cpu
     return steps[-1], load_torch_file(fs, path, map_location)
 
 
+ModelBuilder = Callable[[dict], Any]  # a saved model's config dict -> a fresh model (its weights are loaded after)
+
+
 def model_payload(model: Any) -> dict:
-    """{"cfg": asdict(model.cfg), "state_dict": CPU tensors} for a model built by `sparselens.models.build_model`."""
+    """What a model file holds: {"cfg": asdict(model.cfg), "state_dict": CPU tensors, "model_type": the model's
+    class, "config_type": its config's class}. The two classes are pickled by reference (module and name), so a
+    file rebuilds itself as `model_type(config_type(**cfg))` in any process without storage knowing the models."""
     cfg = getattr(model, "cfg", None)
     if cfg is None or not dataclasses.is_dataclass(cfg):
         raise TypeError(
@@ -101,20 +107,24 @@ def model_payload(model: Any) -> dict:
             f"{type(model).__name__} has cfg={cfg!r}"
         )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"cfg": dataclasses.asdict(cfg), "state_dict": state}
+    return {"cfg": dataclasses.asdict(cfg), "state_dict": state, "model_type": type(model), "config_type": type(cfg)}
 
 
-def build_from_payload(payload: dict, path: str) -> Any:
-    """Rebuild a model in eval mode from `model_payload` output with sparselens.models."""
-    from sparselens.models import ModelConfig, build_model
-
+def build_from_payload(payload: dict, path: str, builder: ModelBuilder | None = None) -> Any:
+    """Rebuild a model in eval mode from `model_payload` output: with `builder(cfg)` when given, else from the
+    classes the file names."""
+    if builder is None and "model_type" not in payload:
+        raise ValueError(
+            f"model file {path} was saved by an older sparselens without its model class; re-save it by re-running "
+            f"the phase that saved it (`sparselens phase train --run-id ID` re-saves finished models without "
+            f"training), or load it with RunStore(root, run_id, builder=...)"
+        )
     try:
-        cfg = ModelConfig(**payload["cfg"])
+        model = builder(payload["cfg"]) if builder else payload["model_type"](payload["config_type"](**payload["cfg"]))
     except TypeError as e:
         raise ValueError(
-            f"model file {path} was saved with a config this version of ModelConfig does not accept "
-            f"({e}); re-run the phase that saved it"
+            f"model file {path} was saved with a config this version does not accept ({e}); "
+            f"re-run the phase that saved it"
         ) from e
-    model = build_model(cfg)
     model.load_state_dict(payload["state_dict"])
     return model.eval()

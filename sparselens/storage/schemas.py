@@ -349,7 +349,7 @@ def is_snake_case(name: str) -> bool:
     return bool(_SNAKE.match(name))
 
 
-# Phase 2 (patterns): sparselens.analysis.phase2 writes these; every share is a mean over queries of row mass.
+# Phase 2 (patterns): sparselens.phase2.run writes these; every share is a mean over queries of row mass.
 HEAD_KEYS = [RUN_ID, MODEL, CONTENT_TYPE, SEQ_LEN, LAYER, HEAD]
 KIND = _key("kind", pa.string(), "pattern kind: local, sink, sink_local, vertical_slash, block, scattered, broad")
 

@@ -4,7 +4,7 @@
       manifest.json                 resolved config, package versions, git commit, phase status
       tables/<name>/                Parquet datasets (schemas in storage/schemas.py)
       checkpoints/<model>/<stage>/  step_000123.pt, the newest few kept for resuming
-      models/<name>.pt              final models: {"cfg": asdict(ModelConfig), "state_dict": ...}
+      models/<name>.pt              final models: {"cfg": asdict(ModelConfig), "state_dict", model/config class}
       charts/  report.html          figures and the report
 
 Every write is atomic (see storage/atomic.py), so a phase that dies half-way never leaves a damaged file behind.
@@ -71,8 +71,9 @@ def list_runs(root: str | os.PathLike) -> list[str]:
 class RunStore:
     """The files of run `run_id` under `root_or_url` (a local path or an fsspec URL such as `memory://x`)."""
 
-    def __init__(self, root_or_url: str | os.PathLike, run_id: str) -> None:
+    def __init__(self, root_or_url: str | os.PathLike, run_id: str, builder: ckpt.ModelBuilder | None = None) -> None:
         self.run_id = _check_name("run_id", run_id)
+        self.builder = builder  # rebuilds models in load_model; None: the model class each file names
         self.fs, root = url_to_fs(os.fspath(root_or_url))
         self.root = root.rstrip("/") or "/"
         self.run_dir = posixpath.join(self.root, "runs", run_id)
@@ -275,7 +276,8 @@ class RunStore:
         return _display(self.fs, path)
 
     def load_model(self, name: str, map_location: Any = "cpu") -> Any:
-        """Rebuild saved model `name` with `sparselens.models.build_model`, load its weights, return it in eval mode."""
+        """Saved model `name` in eval mode, with its weights: built by the store's `builder` (the saved config dict
+        -> a fresh model) or, by default, as the model class its file names (`model_type(config_type(**cfg))`)."""
         path = self._model_path(name)
         if not self.fs.exists(path):
             self.require_exists()
@@ -286,7 +288,7 @@ class RunStore:
             )
         remedy = "Delete it and re-run the phase that saves it."
         payload = ckpt.load_torch_file(self.fs, path, map_location, what="model file", remedy=remedy)
-        return ckpt.build_from_payload(payload, _display(self.fs, path))
+        return ckpt.build_from_payload(payload, _display(self.fs, path), self.builder)
 
     def write_bytes(self, relpath: str, data: bytes) -> str:
         """Atomically write `data` at `relpath` under the run directory; return the path."""

@@ -1,6 +1,6 @@
 """Thin Prefect tasks of Phase 2 (patterns); each connects to the flow's Dask cluster and calls one library step.
 
-Prefect stays in this process: the Dask workers run plain `sparselens.analysis` functions and never talk to
+Prefect stays in this process: the Dask workers run plain `sparselens.phase2` functions and never talk to
 Prefect. Tasks pass the run's root and id and the scheduler address, never data; each reads the run's `patterns`
 section (with the overrides the phase was started with) from the manifest.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from sparselens.analysis import phase2
-from sparselens.analysis.parallel import connect
+from sparselens.phase2 import run as phase2
+from sparselens.phase2.parallel import connect
 from sparselens.runs import phase_config
 from sparselens.storage import RunStore
 from sparselens.tasks import publish
-from sparselens.viz.phase2_report import draw_phase2_charts, phase2_summary, write_phase2_report
+from sparselens.viz.phase2_report import phase2_summary, write_phase2_report
 
 IO = dict(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 
@@ -62,9 +62,8 @@ def sparsify_task(root: str, run_id: str, address: str) -> dict[str, int]:
 def charts_task(root: str, run_id: str, address: str) -> int:
     """Render every Phase 2 chart (one Dask task each) as offline HTML + PNG."""
     store = RunStore(root, run_id)
-    scale = phase_config(store, "patterns").png_scale
     with connect(address) as client:
-        return len(draw_phase2_charts(store, phase2.run_facts(store).root, scale, client))
+        return len(phase2.write_charts(store, phase_config(store, "patterns"), client))
 
 
 @task(name="phase2-report", **IO)

@@ -1,7 +1,8 @@
 """Phase 2 charts (offline HTML + PNG under `charts/phase2/`), key numbers, and the report section.
 
 Everything is drawn from the `phase2_*` tables; `phase2_key_numbers` gives the small tables that the report
-section and the Prefect artifacts share. Charts can be rendered on a Dask client (one task per chart).
+section and the Prefect artifacts share. `sparselens.phase2.run.write_charts` renders `chart_specs` (one Dask task
+per chart).
 """
 
 from __future__ import annotations
@@ -10,12 +11,10 @@ import html
 
 import pandas as pd
 
-from sparselens.analysis.parallel import gather, submit_map
 from sparselens.storage import RunStore
 from sparselens.viz import phase2_charts as pc
 from sparselens.viz.markdown import Summary, markdown_table, records
 from sparselens.viz.report import build_report, figure_html, table_html, write_section
-from sparselens.viz.save import save_chart
 
 FOLDER = "charts/phase2"
 SECTION_KEY = "phase2"
@@ -137,20 +136,6 @@ def chart_specs(store: RunStore) -> list[tuple[str, str, object]]:
         if len(df):
             specs.append((name, title, builder(df, title, subtitle.format(at=f"T = {t}"))))
     return specs
-
-
-def _save(item: tuple, scale: float) -> dict:
-    root, run_id, name, title, chart = item
-    saved = save_chart(RunStore(root, run_id), FOLDER, name, title, chart, scale)
-    return {"name": saved.name, "title": saved.title, "png": saved.png, "html": saved.html}
-
-
-def draw_phase2_charts(store: RunStore, root: str, png_scale: float = 1.5, client=None) -> pd.DataFrame:
-    """Render every chart (on `client`, one task each) and write the `phase2_charts` listing; return it."""
-    items = [(root, store.run_id, name, title, chart) for name, title, chart in chart_specs(store)]
-    listing = pd.DataFrame(gather(client, submit_map(client, _save, items, scale=png_scale)))
-    store.write_table("phase2_charts", listing.assign(run_id=store.run_id))
-    return listing
 
 
 def _label(df: pd.DataFrame) -> pd.Series:

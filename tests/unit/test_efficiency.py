@@ -17,10 +17,10 @@ from sparselens.analysis.efficiency import (
     ranked_curve,
     step_recall,
 )
-from sparselens.analysis.sparsify import replaced_head, topk_mask
 from sparselens.config import ModelConfig
 from sparselens.models import build_model, capture
 from sparselens.models.rope import apply_rope
+from sparselens.phase2.sparsify import replaced_head, topk_mask
 
 
 @pytest.fixture(scope="module")

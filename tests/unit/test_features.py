@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from sparselens.analysis import KINDS, classify_head, plant_head
-from sparselens.analysis.features import _finish_query_features, query_partials
 from sparselens.analysis.headmaps import (
     concentration,
     map_feature_columns,
@@ -17,6 +16,7 @@ from sparselens.analysis.headmaps import (
     rebuild_map,
     topk_partition_features,
 )
+from sparselens.phase2.features import _finish_query_features, query_partials
 
 
 def _line_map(t: int, offset: int | None = None, column: int | None = None) -> np.ndarray:

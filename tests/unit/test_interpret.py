@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sparselens.analysis.headmaps import rebuild_map
 from sparselens.capture.read import arrow_dataset, dask_frame
 from sparselens.config import get_preset
 from sparselens.interpret import interpret_run, maps, summaries
@@ -86,6 +87,10 @@ def test_maps_pooling_and_profiles_from_topk_rows():
             "weights": [np.array([1.0]), np.array([0.5, 0.5]), np.array([0.9, 0.1]), np.array([0.6, 0.4])],
         }
     )
+    short = rows.assign(weights=[np.array([1.0]), np.array([0.5, 0.5]), np.array([0.9, 0.1]), np.array([0.5, 0.3])])
+    kept = maps.attention_maps(short, 1, 4)[0]  # query 3 kept 0.8 of its row: the rest goes to its other keys
+    np.testing.assert_allclose(kept[3], [0.5, 0.1, 0.1, 0.3], rtol=1e-6)
+    np.testing.assert_allclose(kept[3], rebuild_map(short.query_pos, list(short["keys"]), list(short.weights), 4)[3])
     full = maps.attention_maps(rows, 1, 4)  # [1, 4, 4]
     assert np.isnan(full[0, 0, 1]) and full[0, 2, 2] == pytest.approx(0.9) and full[0, 3, 0] == pytest.approx(0.6)
     pooled, size = maps.pool_maps(full, 2)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from sparselens.analysis import KINDS
-from sparselens.analysis.phase2 import run_phase2
 from sparselens.config import get_preset
+from sparselens.phase2.run import run_phase2
 from sparselens.storage import RunStore
 
 HEAD = ["model", "content_type", "seq_len", "layer", "head"]
@@ -100,3 +100,21 @@ def test_report_names_extreme_heads_and_is_offline(phase2_store):
     for row in charts.itertuples():
         assert phase2_store.read_bytes(row.png)[:8] == b"\x89PNG\r\n\x1a\n"
         assert "cdn.jsdelivr" not in phase2_store.read_text(row.html)
+
+
+def test_model_units_run_on_one_thread_and_restore_the_callers(tiny_captured, monkeypatch):
+    import torch
+
+    from sparselens.phase2 import modelruns
+
+    seen = []
+    loss = modelruns.mean_loss
+    monkeypatch.setattr(modelruns, "mean_loss", lambda m, b: seen.append(torch.get_num_threads()) or loss(m, b))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        spec = {"root": tiny_captured.root, "run_id": tiny_captured.run_id, "model": "dense", "layer": 0}
+        modelruns.sparsify_unit(spec | {"seq_len": 32, "n_samples": 1, "budget": 0.125})
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -15,7 +15,8 @@ import torch
 from sparselens.config import get_preset
 from sparselens.data.corpora import corpus_stream
 from sparselens.data.dataset import validation_samples
-from sparselens.evaluation import indexer_kl, loss_table, recall_per_query
+from sparselens.evaluation import indexer_kl, loss_table
+from sparselens.metrics import recall_per_query
 from sparselens.models import build_model
 from sparselens.storage import RunStore
 from sparselens.training import train_all, train_log, train_stage

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from sparselens.analysis.masks import pattern_mask
 from sparselens.analysis.patterns import PatternFit
+from sparselens.masks import causal_mask
 from sparselens.models.rope import apply_rope
 
 Mask = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
@@ -53,7 +54,7 @@ def replaced_head(model: torch.nn.Module, layer: int, head: int, mask: Mask) -> 
         kh = apply_rope(k, rope[0], rope[1])[:, :, head]  # [B, S, D]
         p_old = used.pop("p")
         allowed = mask(p_old) if callable(mask) else mask.to(h.device).expand(b, -1, -1)  # [B, T, S]
-        allowed = allowed & torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
+        allowed = allowed & causal_mask(t, t, h.device)  # [B, T, S]
         scores = torch.einsum("btd,bsd->bts", qh, kh) * attn.scale  # [B, T, S]
         p_new = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
         p_new = torch.where(allowed.any(-1, keepdim=True), p_new, torch.zeros_like(p_new))

@@ -1,9 +1,11 @@
-"""Phase 2 over a run store: head features, clusters, content map, efficiency, sparsify-one-head -> `phase2_*` tables.
+"""Phase 2 over a run store: head features, clusters, content map, efficiency, sparsify-one-head -> `phase2_*` tables,
+then the charts and the report section.
 
 Each `write_*` step reads the capture tables (or an earlier step's table), runs its parallel part on a Dask
 `client` (None: in this process) and writes its tables, so a Prefect task can run each alone and steps that do not
 depend on each other (features, efficiency, sparsify) can run at the same time on one cluster; `run_phase2` does
-exactly that with threads. Charts and the report section live in `sparselens.viz.phase2_*`.
+exactly that with threads. The maths is `sparselens.analysis`; the charts and report are `sparselens.viz.phase2_*`
+(rendered here, one Dask task per chart).
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from typing import Any
 
 import pandas as pd
 
-from sparselens.analysis import clustering, content, features, modelruns
-from sparselens.analysis.parallel import compute, gather, submit_map
+from sparselens.analysis import clustering, content
 from sparselens.config import PatternsConfig
 from sparselens.data.dataset import CONTENT_TYPES
+from sparselens.phase2 import features, modelruns
+from sparselens.phase2.parallel import compute, gather, submit_map
 from sparselens.runs import run_preset
 from sparselens.storage import RunStore
 from sparselens.storage.atomic import is_local
+from sparselens.viz.phase2_report import FOLDER, chart_specs, write_phase2_report
+from sparselens.viz.save import save_chart
 
 MODELS = ("dense", "dsa")
 LONG_TASKS = 10  # Dask priority of the model units (seconds each): start them first, short tasks fill in after
@@ -73,7 +78,7 @@ def write_content(store: RunStore, cfg: PatternsConfig, client=None) -> dict[str
         "phase2_kind_stability": _write(store, "phase2_kind_stability", content.kind_stability(heads)),
     }
     if store.table_exists("selections"):
-        (sums,) = compute(client, content.lazy_relevance(store.table_path("selections"), run_facts(store).topk))
+        (sums,) = compute(client, features.lazy_relevance(store.table_path("selections"), run_facts(store).topk))
         counts["phase2_relevance"] = _write(store, "phase2_relevance", content.finish_relevance(sums))
     return counts
 
@@ -81,7 +86,11 @@ def write_content(store: RunStore, cfg: PatternsConfig, client=None) -> dict[str
 def write_clusters(store: RunStore, cfg: PatternsConfig, client=None) -> dict[str, int]:
     """KMeans (k by silhouette) and HDBSCAN per (model, content_type, seq_len) group and per model, on `client`."""
     heads = store.read_table("phase2_head_features")
-    points, summary = clustering.cluster_heads(heads, client, cfg.max_k, cfg.min_cluster_size)
+    items = clustering.cluster_items(heads)
+    kwargs = {"max_k": cfg.max_k, "min_cluster_size": cfg.min_cluster_size}
+    points, summary = clustering.combine_clusters(
+        gather(client, submit_map(client, clustering.cluster_item, items, **kwargs))
+    )
     return {
         "phase2_clusters": _write(store, "phase2_clusters", points),
         "phase2_cluster_summary": _write(store, "phase2_cluster_summary", summary),
@@ -173,16 +182,29 @@ def run_phase2_tables(store: RunStore, cfg: PatternsConfig, client=None) -> tupl
     return counts, seconds
 
 
+def _save_chart(item: tuple, scale: float) -> dict:
+    root, run_id, name, title, chart = item
+    saved = save_chart(RunStore(root, run_id), FOLDER, name, title, chart, scale)
+    return {"name": saved.name, "title": saved.title, "png": saved.png, "html": saved.html}
+
+
+def write_charts(store: RunStore, cfg: PatternsConfig, client=None) -> pd.DataFrame:
+    """Render every Phase 2 chart (on `client`, one task each) and write the `phase2_charts` listing; return it."""
+    root = run_facts(store).root
+    items = [(root, store.run_id, name, title, chart) for name, title, chart in chart_specs(store)]
+    listing = pd.DataFrame(gather(client, submit_map(client, _save_chart, items, scale=cfg.png_scale)))
+    store.write_table("phase2_charts", listing.assign(run_id=store.run_id))
+    return listing
+
+
 def run_phase2(store: RunStore, cfg: PatternsConfig, client=None) -> dict[str, Any]:
     """All of Phase 2 for one run: tables, charts (rendered on `client`), report section; returns counts and
     seconds per step (the entry point for scripts and benchmarks; the flow runs the same steps as tasks)."""
-    from sparselens.viz.phase2_report import draw_phase2_charts, write_phase2_report
-
     t0 = time.perf_counter()
     counts, seconds = run_phase2_tables(store, cfg, client)
     seconds["tables"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    charts = draw_phase2_charts(store, run_facts(store).root, cfg.png_scale, client)
+    charts = write_charts(store, cfg, client)
     seconds["charts"] = time.perf_counter() - t1
     report = write_phase2_report(store)
     seconds["total"] = time.perf_counter() - t0

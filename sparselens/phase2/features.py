@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from sparselens.analysis import headmaps
-from sparselens.analysis.parallel import compute
+from sparselens.analysis.content import RELEVANCE_KEYS, relevance_partials
+from sparselens.analysis.headmaps import HEAD_KEYS
+from sparselens.phase2.parallel import compute
 
-HEAD_KEYS = ["model", "content_type", "seq_len", "layer", "head"]
 QUERY_MEANS = (
     "sink_mass",
     "local_mass",
@@ -182,3 +183,16 @@ def head_features(
     heads = query.merge(aggregate_maps(maps), on=HEAD_KEYS, how="inner", validate="one_to_one")
     heads = heads.sort_values(HEAD_KEYS).reset_index(drop=True)
     return heads, maps.sort_values([*HEAD_KEYS, "sample_id"]).reset_index(drop=True)
+
+
+def lazy_relevance(selections_path: str, topk: int):
+    """Lazy Dask DataFrame of relevance sums per (model, content_type, seq_len, layer) over the selections table."""
+    import dask.dataframe as dd
+
+    sel = dd.read_parquet(
+        selections_path,
+        columns=["model", "content_type", "seq_len", "sample_id", "layer", "query_pos", "token", "selected", "needed"],
+        split_row_groups=False,
+    )
+    meta = relevance_partials(pd.DataFrame(), topk)
+    return sel.map_partitions(relevance_partials, topk, meta=meta).groupby(RELEVANCE_KEYS).sum(split_out=1)

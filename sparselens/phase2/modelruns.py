@@ -12,10 +12,16 @@ So these units capture directly from the run's models (the same validation sampl
   measure the validation loss on other samples (validation seed 1) against the untouched model. ``scattered``
   becomes each query's own top keys; ``broad`` has no sparse pattern and is left as it is (``sparsified`` False).
 
-Each unit loads the model from the run store and pins torch to one thread (one core per Dask worker).
+Each unit loads the model from the run store and runs with one torch thread (one core per Dask worker), restoring
+the caller's thread count when it returns (a unit run in the caller's process, as without a client, leaves it as
+it was).
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,17 +29,28 @@ import torch
 
 from sparselens.analysis import efficiency as eff
 from sparselens.analysis.patterns import budget_keys, classify_head
-from sparselens.analysis.sparsify import fit_mask, mean_loss, per_sample_mask, replaced_head
 from sparselens.data.dataset import CONTENT_TYPES, stack_tokens, validation_samples
 from sparselens.models import capture
+from sparselens.phase2.sparsify import fit_mask, mean_loss, per_sample_mask, replaced_head
 from sparselens.storage import RunStore
+from sparselens.threads import torch_threads
 
 EVAL_SEED = 1  # sparsify losses use validation samples of this seed, disjoint from the fitted (seed 0) maps
 
 
 def load_model(root: str, run_id: str, name: str) -> torch.nn.Module:
-    torch.set_num_threads(1)
     return RunStore(root, run_id).load_model(name)
+
+
+def one_thread(unit: Callable[[dict], Any]) -> Callable[[dict], Any]:
+    """Run a work unit with one torch thread (one core per Dask worker); the caller's setting comes back after."""
+
+    @functools.wraps(unit)
+    def run(spec: dict) -> Any:
+        with torch_threads(1):
+            return unit(spec)
+
+    return run
 
 
 def head_maps(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
@@ -103,6 +120,7 @@ def _head_rows(keys: dict, curves: dict, fits: dict, grid: np.ndarray, cfg, budg
     return curve_rows, metric_rows
 
 
+@one_thread
 def efficiency_unit(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Curves and metrics of every head of one (model, content_type, seq_len); spec: root, run_id, model,
     content_type, seq_len, budget, grid (number of densities)."""
@@ -139,6 +157,7 @@ def _fit_heads(model: torch.nn.Module, layer: int, t: int, budget) -> list[list]
     return [[classify_head(probs[c, h], budget) for h in range(probs.shape[1])] for c in range(len(CONTENT_TYPES))]
 
 
+@one_thread
 def sparsify_unit(spec: dict) -> pd.DataFrame:
     """Loss change from replacing each head of one layer with its fitted pattern; spec: root, run_id, model,
     layer, seq_len, n_samples (per content type), budget. A head's pattern is fitted per content type (on that
