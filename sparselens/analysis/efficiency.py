@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparselens.analysis.patterns import STATIC_KINDS, fit_pattern, pattern_curve, prepare_head
+from sparselens.analysis.patterns import BUDGET, STATIC_KINDS, fit_pattern, pattern_curve, prepare_head
 
 METHODS = (*STATIC_KINDS, "topk_per_query", "indexer", "oracle")
 REGRET_DENSITIES = (1 / 16, 1 / 8, 1 / 4)
@@ -108,7 +108,7 @@ def _tag(density: float) -> str:
     return f"d{round(1 / density)}" if density > 0 else "d0"
 
 
-def fit_points(attn: np.ndarray, budget: float | int = 0.125) -> dict[str, tuple[float, float, float]]:
+def fit_points(attn: np.ndarray, budget: float | int = BUDGET) -> dict[str, tuple[float, float, float]]:
     """Per static family: (density, recall) of its fit at ``budget`` and the oracle's recall at that density."""
     head = prepare_head(attn)
     d_or, r_or = oracle_curve(head)

@@ -31,7 +31,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from sparselens.analysis.patterns import classify_head, decompose_head, pool_blocks, prepare_head
+from sparselens.analysis.patterns import BUDGET, classify_head, decompose_head, pool_blocks, prepare_head
 from sparselens.data.corpora import CORPORA
 from sparselens.data.dataset import validation_samples
 from sparselens.masks import causal_mask_np
@@ -88,7 +88,7 @@ def concentration(attn: np.ndarray) -> dict[str, float]:
     return out
 
 
-def map_features(attn: np.ndarray, budget: float | int = 0.125, max_queries: int | None = MAX_QUERIES) -> dict:
+def map_features(attn: np.ndarray, budget: float | int = BUDGET, max_queries: int | None = MAX_QUERIES) -> dict:
     """Concentration, decomposition and classification of one square map ``attn[T, T]`` (module docstring),
     measured on its last ``max_queries`` queries (all keys) when T is longer."""
     if max_queries is not None and attn.shape[0] > max_queries:
@@ -142,7 +142,7 @@ def needed_features(attn: np.ndarray, needed: list[np.ndarray] | None) -> dict[s
 
 
 def topk_partition_features(
-    df: pd.DataFrame, budget: float | int = 0.125, max_queries: int | None = MAX_QUERIES
+    df: pd.DataFrame, budget: float | int = BUDGET, max_queries: int | None = MAX_QUERIES
 ) -> pd.DataFrame:
     """Map features of every (model, content_type, seq_len, sample_id, layer, head) in attention_topk rows.
 

@@ -54,6 +54,7 @@ STATIC_KINDS = ("sink", "local", "sink_local", "vertical_slash", "block")  # sim
 SINK_GRID = (1, 2, 3, 4, 6, 8, 12, 16)  # sink sizes tried by the A-shape family
 BLOCK_GRID = (4, 8, 16, 32, 64)  # block sizes tried by the block family
 PRICE = 0.35  # mass a pattern must buy with its whole budget (module docstring)
+BUDGET = 0.125  # default classify budget, a fraction of the keys (MInference's block-sparse density)
 
 
 @dataclass(frozen=True)
@@ -290,7 +291,7 @@ def _make_fit(h: _Head, kind: str, curve: _Curve, i: int, k_b: int, oracle_cov: 
     return PatternFit(kind, float(curve.cov[i]), params, float(curve.kpq[i]) * len(h.pos) / area, oracle_cov)
 
 
-def fit_pattern(attn: np.ndarray, kind: str, budget: float | int = 0.125, *, price: float = PRICE) -> PatternFit:
+def fit_pattern(attn: np.ndarray, kind: str, budget: float | int = BUDGET, *, price: float = PRICE) -> PatternFit:
     """Fit one family (or ``scattered``, the oracle) to ``attn[Q, K]`` at ``budget``: its highest net coverage."""
     h = _prepare(attn)
     k_b = budget_keys(budget, h.a.shape[1])
@@ -301,7 +302,7 @@ def fit_pattern(attn: np.ndarray, kind: str, budget: float | int = 0.125, *, pri
 
 def classify_head(
     attn: np.ndarray,
-    budget: float | int = 0.125,
+    budget: float | int = BUDGET,
     *,
     price: float = PRICE,
     min_coverage: float = 0.6,

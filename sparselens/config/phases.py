@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sparselens.analysis.headmaps import MAX_QUERIES
+from sparselens.analysis.patterns import BUDGET
 from sparselens.config.base import ConfigError
 from sparselens.data.dataset import CONTENT_TYPES
 
@@ -82,8 +84,8 @@ class InterpretConfig:
 class PatternsConfig:
     """Phase 2 settings; lengths default to the run's training length."""
 
-    budget: float = 0.125  # classify_head budget, a fraction of the keys (MInference's block-sparse density)
-    max_queries: int = 256  # maps longer than this are classified on their last max_queries queries (all keys)
+    budget: float = BUDGET  # classify_head budget, a fraction of the keys (MInference's block-sparse density)
+    max_queries: int = MAX_QUERIES  # maps longer than this are classified on their last max_queries queries
     efficiency_seq_lens: tuple[int, ...] = ()  # lengths of the recall-density curves; () = the training length
     sparsify_seq_len: int | None = None  # length of the sparsify-one-head losses; None = the training length
     sparsify_samples: int = 4  # validation samples per content type for each sparsify loss (seed 1)

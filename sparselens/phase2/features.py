@@ -123,8 +123,8 @@ def lazy_features(
     query_stats_path: str,
     attention_topk_path: str,
     topk: int,
-    budget: float | int = 0.125,
-    max_queries: int | None = headmaps.MAX_QUERIES,
+    budget: float | int,
+    max_queries: int | None,
 ):
     """(query partial sums, per-sample map features) as lazy Dask DataFrames over the two capture tables."""
     qs = _read(query_stats_path, columns=QUERY_COLUMNS)
@@ -161,7 +161,7 @@ def aggregate_maps(maps: pd.DataFrame) -> pd.DataFrame:
 
 
 def head_features(
-    store, topk: int, client=None, budget: float | int = 0.125, max_queries: int | None = headmaps.MAX_QUERIES
+    store, topk: int, client, budget: float | int, max_queries: int | None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(head features, per-sample map features) of a run's capture tables, computed on `client`.
 
