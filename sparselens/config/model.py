@@ -72,7 +72,7 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
     def layer_plan(self, layer: int) -> LayerPlan:
-        """What layer `layer` reads: dense for "dense", an indexer at this HI, DI, k for "dsa", else the plan's entry."""
+        """What layer `layer` reads: dense for "dense", an indexer of this HI, DI, k for "dsa", else the plan entry."""
         if self.attention == "plan":
             return self.plan.layers[layer]
         if self.attention == "dsa":

@@ -43,7 +43,7 @@ class PhaseParams(BaseModel):
     root: str = Field(DEFAULT_ROOT, description="run store root: a local path or an fsspec URL")
     settings: dict[str, Any] = Field(
         default_factory=dict,
-        description="any field of this phase's config section, e.g. {\"n_samples\": 2}; validated and recorded",
+        description='any field of this phase\'s config section, e.g. {"n_samples": 2}; validated and recorded',
     )
 
     def overrides(self) -> dict[str, Any]:

@@ -173,7 +173,7 @@ class AttentionPlan:
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as err:
-            raise ConfigError(f'plan is not valid JSON ({err}); write it as {{"layers": [{{"kind": ...}}]}}')
+            raise ConfigError(f'plan is not valid JSON ({err}); write it as {{"layers": [{{"kind": ...}}]}}') from None
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": [layer.to_dict() for layer in self.layers]}

@@ -105,9 +105,15 @@ def _tiny() -> Preset:
         capture=CaptureConfig(seq_lens=(32, 64, 128), n_samples=2, topk_samples=1, top_m=16, chunk_elements=2**18),
         interpret=InterpretConfig(full_map_max_len=64, pooled_blocks=16, view_content_types=("assoc_recall",)),
         patterns=PatternsConfig(sparsify_samples=1, density_points=16, max_k=4),
-        optimize=OptimizeConfig(finetune_steps=10, calibration_samples=2, eval_samples=2, window_keys=6, timing_repeats=3),
+        optimize=OptimizeConfig(
+            finetune_steps=10, calibration_samples=2, eval_samples=2, window_keys=6, timing_repeats=3
+        ),
         benchmark=BenchmarkConfig(
-            quality_samples=2, bootstrap=200, prefill_lens=(64, 256), decode_contexts=(64, 256), decode_tokens=4,
+            quality_samples=2,
+            bootstrap=200,
+            prefill_lens=(64, 256),
+            decode_contexts=(64, 256),
+            decode_tokens=4,
             repeats=2,
         ),
         monitor=MonitorConfig(context=128, decode_tokens=4, samples=4),

@@ -75,7 +75,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if not self.length_multipliers or any(m <= 0 for m in self.length_multipliers):
-            raise ConfigError(f"length_multipliers={self.length_multipliers} must be positive multiples of T, e.g. (1, 2, 4)")
+            raise ConfigError(
+                f"length_multipliers={self.length_multipliers} must be positive multiples of T, e.g. (1, 2, 4)"
+            )
         for name in ("n_samples", "batch_size", "recall_samples"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive")

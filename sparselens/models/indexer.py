@@ -22,7 +22,7 @@ SCORE_GATHER_MAX = 1 << 20  # T * S up to which `selected_dots` uses a [T, S] pr
 
 
 class Indexer(nn.Module):
-    """A lightning indexer of `plan.indexer_heads` heads of `plan.indexer_dim` dims and its k policy (fixed or top-p)."""
+    """A lightning indexer: `plan.indexer_heads` heads of `plan.indexer_dim` dims, and its k policy (fixed, top-p)."""
 
     def __init__(self, d_model: int, plan: LayerPlan, backend: str | None = None) -> None:
         super().__init__()

@@ -83,7 +83,7 @@ def test_a_static_layer_is_hand_built_sink_plus_window_attention(backend):
     tokens = torch.randint(0, 256, (2, 37), generator=torch.Generator().manual_seed(2))
     for layer, (s, w) in ((0, (2, 3)), (2, (0, 5))):
         got = {}
-        handle = model.blocks[layer].attn.register_forward_hook(lambda _m, _a, out: got.update(y=out[0]))
+        handle = model.blocks[layer].attn.register_forward_hook(lambda _m, _a, out, got=got: got.update(y=out[0]))
         with torch.no_grad():
             model(tokens)
         handle.remove()
