@@ -11,6 +11,8 @@ Modes (set per forward call) of a model with indexers:
   p the main attention summed over heads and L1-normalised.
 - "sparse_kl": sparse stage; sparse attention plus, per indexer layer, KL(p_S || softmax(I_S)) restricted to its
   selected set S.
+- "oracle": evaluation only; every sparse layer reads the k keys (its budget) that hold the most of its own dense
+  attention mass (summed over heads): the best any selector of that budget could do, an upper bound for designs.
 The indexer always reads a detached hidden state: it learns from its KL only, the main model from the LM loss.
 With a decode cache, K/V (after RoPE) and indexer keys of the new positions are appended to it first, and the new
 queries attend over everything cached (query t of T at key position S - T + t).
@@ -83,16 +85,18 @@ class Attention(nn.Module):
         elif self.plan.kind == "dense" or state.mode == "dense_kl":
             out = self._dense(q, k, v)
         else:
-            idx, qi, ki, wi = self._selection(h, state, indexer, b)
+            idx, qi, ki, wi = self._selection(h, state, indexer, q, k)
             out = self._sparse(q, k, v, idx)
             if state.mode == "sparse_kl" and indexer is not None:
                 kl = self._selected_kl(q, k, idx, indexer, qi, ki, wi)
         return self.proj(out.reshape(b, t, d)), kl
 
-    def _selection(self, h, state: ForwardState, indexer: Indexer | None, b: int):
+    def _selection(self, h, state: ForwardState, indexer: Indexer | None, q: torch.Tensor, k: torch.Tensor):
         """The keys each new query reads, [B, T, k]; for an indexer layer also its (q, k, w) for the KL."""
         qi = ki = wi = None
-        if self.plan.kind == "indexer":
+        if state.mode == "oracle":
+            idx = self._oracle_selection(q.detach(), k.detach(), state)
+        elif self.plan.kind == "indexer":
             qi, ki, wi = indexer.project(h.detach(), state)
             if state.cache is not None:
                 ki = state.cache.layers[self.layer].append_index_keys(ki, state.offset, self.cfg.max_seq_len)
@@ -101,10 +105,20 @@ class Attention(nn.Module):
             idx = state.selections[self.plan.source]  # [B, T, k] of the source layer, this very pass
         else:
             win = sink_window_indices(state.t, state.keys, self.plan.sinks, self.plan.window, h.device)  # [T, k]
-            idx = win.unsqueeze(0).expand(b, -1, -1)  # [B, T, k]
+            idx = win.unsqueeze(0).expand(h.shape[0], -1, -1)  # [B, T, k]
         state.selections[self.layer] = idx
         self.hook_selection(idx)
         return idx, qi, ki, wi
+
+    def _oracle_selection(self, q: torch.Tensor, k: torch.Tensor, state: ForwardState) -> torch.Tensor:
+        """Each query's `budget` keys with the most dense attention mass (summed over heads): [B, T, budget]."""
+        plan = self.plan
+        while plan.kind == "shared":  # a shared layer reads as many keys as the layer it shares
+            plan = self.cfg.layer_plan(plan.source)
+        budget = plan.max_keys
+        mass = self._dense_probs(q, k)[1].sum(1)  # [B, T, S]
+        mass = mass.masked_fill(~causal_mask(q.shape[1], k.shape[1], q.device), float("-inf"))
+        return kernels.topk_indices(mass, budget, backend="reference")  # [B, T, budget]
 
     def _dense_probs(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Explicit causal scores and probabilities, both [B, H, T, S]; k [B, S, HKV, D] expanded to H heads."""

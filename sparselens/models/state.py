@@ -9,7 +9,7 @@ import torch
 from sparselens.models.cache import DecodeCache
 from sparselens.models.rope import rope_tables
 
-MODES = ("sparse", "dense_kl", "sparse_kl")
+MODES = ("sparse", "dense_kl", "sparse_kl", "oracle")
 
 
 @dataclass

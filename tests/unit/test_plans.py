@@ -161,3 +161,26 @@ def test_plans_validate_and_round_trip_through_json_and_model_files(tmp_path):
         LayerPlan("static", sinks=1, window=2, topk=3)
     with pytest.raises(ConfigError, match="n_kv_heads"):
         ModelConfig(n_heads=4, n_kv_heads=3)
+
+
+def test_oracle_mode_reads_each_querys_heaviest_dense_keys_and_is_causal():
+    model = plan_model(PLANS["shared"])
+    tokens = torch.randint(0, 256, (2, 30), generator=torch.Generator().manual_seed(6))
+    names = ["blocks.1.attn.hook_selection", "blocks.1.attn.hook_dense_pattern"]
+    handles, seen = [], {}
+    modules = dict(model.named_modules())
+    for n in names:
+        handles.append(modules[n].register_forward_hook(lambda _m, _i, out, n=n: seen.update({n: out})))
+    with torch.no_grad():
+        model(tokens, mode="oracle")
+    for h in handles:
+        h.remove()
+    idx, dense = seen[names[0]], seen[names[1]].sum(1)  # [B, T, k], [B, T, S]
+    picked = torch.gather(dense, -1, idx.clamp(min=0)).masked_fill(idx < 0, 0).sum(-1)  # [B, T]
+    best = dense.topk(6, dim=-1).values.sum(-1)
+    torch.testing.assert_close(picked, best)
+    assert int((idx - torch.arange(30)[None, :, None]).max()) <= 0  # never a future key
+    with torch.no_grad():
+        changed = tokens.clone()
+        changed[:, 9:] = 1
+        assert torch.equal(model(tokens, mode="oracle")[:, :9], model(changed, mode="oracle")[:, :9])
