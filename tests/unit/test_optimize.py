@@ -127,3 +127,8 @@ def test_phase3_design_train_evaluate_on_the_tiny_run(tiny_run, run_copy):
     log = store.latest_checkpoint("reference", "p3_finetune")
     assert log is not None and log[0] == preset.optimize.finetune_steps
     assert not store.read_table("phase3_decisions").empty
+    from sparselens.viz.phase3_report import write_phase3_report
+
+    markdown = write_phase3_report(store, preset.train.seq_len, preset.optimize.time_lengths[-1])
+    assert "DSA's whole forward at 4T" in markdown
+    assert "Phase 3" in store.read_text("report.html") and store.fs.exists(store.path("charts/phase3/cost-loss.png"))
