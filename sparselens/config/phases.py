@@ -123,8 +123,9 @@ class OptimizeConfig:
     eval_samples: int = 12  # validation samples per content type of the candidates' held-out losses
     window_keys: int = 28  # static baseline: the most recent keys, with sink_keys sinks (same k as DSA by default)
     sink_keys: int = 4  # static baseline: the first keys every query keeps (StreamingLLM keeps 4)
-    static_margin: float = 0.02  # a layer goes static when sink+window coverage >= indexer recall - this (worst type)
-    shared_tolerance: float = 0.01  # greedy sharing stops before the calibration loss rises by more than this share
+    static_tolerance: float = 0.005  # greedy static layers: zero-shot loss / DSA's may rise this much (mean of types)
+    shared_tolerance: float = 0.01  # greedy sharing: the same bound (no content type may rise by 3x the bound)
+    combined_tolerance: float = 0.01  # the combined design's greedy search over static and shared layers
     head_drop_min: float = 0.01  # pruning keeps an indexer head whose removal costs at least this much recall
     pruned_dim_fraction: float = 0.5  # pruned indexers keep this share of the indexer dims (fresh, warmed up)
     top_p_grid: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)  # adaptive k: p values tried (mean k <= k)
@@ -142,7 +143,7 @@ class OptimizeConfig:
             raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0")
         if self.window_keys < 1 or self.sink_keys < 0:
             raise ConfigError(f"window_keys={self.window_keys} must be >= 1 and sink_keys={self.sink_keys} >= 0")
-        for name in ("static_margin", "shared_tolerance", "head_drop_min"):
+        for name in ("static_tolerance", "shared_tolerance", "combined_tolerance", "head_drop_min"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a share in [0, 1)")
         if not 0 < self.pruned_dim_fraction <= 1:

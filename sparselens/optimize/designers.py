@@ -1,17 +1,23 @@
 """Phase 3's designers: from calibration measurements to candidate AttentionPlans, each with its reasons.
 
-- `static_design`: layers whose dense attention a sink + window of the same budget covers as well as the indexer's
-  selection does (on the hardest content type, within `static_margin`) become `static` with the fitted sinks.
-- `shared_design`: greedy F/S search (IndexCache): starting from every layer with its own indexer, repeatedly
-  turn the layer whose sharing costs the least calibration loss into `shared` (reusing the earlier layer whose
-  selection holds most of its mass), while the loss stays within `shared_tolerance`; layer 0 never shares.
-- `pruned_design`: indexers keep only the heads whose removal costs recall (`head_drop_min`), at
+All plan losses here are zero-shot (the DSA weights, no training) on the calibration batches, relative to the DSA
+model's, per content type: `PlanLoss(plan)` returns {content type: loss / DSA loss}. A conversion is acceptable
+while the mean over content types stays within the tolerance and no content type rises by more than three times
+it (so a retrieval task cannot be traded for prose).
+
+- `static_design`: greedy over the indexer layers, best first: a layer becomes `static` (sinks + window at the
+  same budget, the sink count fitted to the layer's dense attention mass) while the loss stays acceptable
+  (`static_tolerance`). Layers are tried in the order of how well sink + window covers their attention against
+  their indexer's recall (on the hardest content type), so layers with local/sink attention go first.
+- `shared_design`: greedy F/S search (IndexCache): a layer becomes `shared` (reusing the earlier layer whose
+  selection holds most of its attention mass) while acceptable (`shared_tolerance`); layer 0 never shares.
+- `pruned_design`: indexers keep the heads whose removal costs recall (`head_drop_min`), at
   `pruned_dim_fraction` of the dims; new indexers are warmed up by KL before fine-tuning.
 - `adaptive_design`: top-p of the indexer's softmax over its 2k best keys, clamped to [k/4, 2k], with the largest
   p whose mean k on calibration stays at or below the fixed k.
-- `combined_design`: the static layers, then sharing among the rest, then pruning of the indexers that remain.
+- `combined_design`: one greedy search over both conversions (static or shared, whichever costs less each step,
+  within `combined_tolerance`), then pruning of the indexers that remain.
 - `static_baseline`: every layer sink + window at the same k (no indexer at all), in every table.
-Every designer is a pure function of calibration numbers (and, for the greedy search, a loss callback).
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from sparselens.config import AttentionPlan, LayerPlan, ModelConfig, OptimizeCon
 from sparselens.optimize.calibrate import SINK_CHOICES, Calibration
 from sparselens.optimize.candidates import Design
 
-PlanLoss = Callable[[AttentionPlan], float]  # zero-shot mean calibration loss of a plan built on the DSA weights
+PlanLoss = Callable[[AttentionPlan], dict[str, float]]  # {content type: zero-shot loss / DSA's}
 PlanMeanK = Callable[[AttentionPlan], dict[int, float]]  # measured mean keys per query of each adaptive layer
+Convert = Callable[[list[LayerPlan], int], LayerPlan | None]  # a layer's replacement, or None if not allowed
 
 
 def _record(designer: str, layer: int, decision: str, evidence: str) -> dict:
@@ -36,78 +43,104 @@ def _base_layers(cfg: ModelConfig) -> list[LayerPlan]:
     return [cfg.layer_plan(i) for i in range(cfg.n_layers)]
 
 
-def static_layers(cal: Calibration, cfg: ModelConfig, opt: OptimizeConfig) -> tuple[dict[int, LayerPlan], list[dict]]:
-    """{layer: static LayerPlan} for the layers sink + window serves as well as the indexer, and the records."""
-    k, chosen, records = cfg.topk, {}, []
+def _acceptable(rel: dict[str, float], tolerance: float) -> bool:
+    rises = np.array(list(rel.values())) - 1
+    return rises.mean() <= tolerance and rises.max() <= 3 * tolerance
+
+
+def _describe(rel: dict[str, float]) -> str:
+    worst = max(rel, key=rel.get)
+    return f"mean {np.mean(list(rel.values())) - 1:+.2%}, worst {worst} {rel[worst] - 1:+.2%}"
+
+
+def fitted_static(cal: Calibration, layer: int, k: int) -> tuple[LayerPlan, str]:
+    """The sink + window plan of budget k whose sink count holds most of the layer's mass; and the evidence."""
     pooled, worst_cover, worst_recall = cal.pooled("sink_window"), cal.worst("sink_window"), cal.worst("recall")
-    for layer in cal.sparse_layers:
-        allowed = [j for j, s in enumerate(SINK_CHOICES) if s < k]
-        best = max(allowed, key=lambda j: pooled[layer, j])
-        sinks = SINK_CHOICES[best]
-        cover, recall = worst_cover[layer, best], worst_recall[layer]
-        evidence = f"sinks {sinks} + window {k - sinks}: worst-type coverage {cover:.3f} vs indexer recall {recall:.3f}"
-        if cover >= recall - opt.static_margin:
-            chosen[layer] = LayerPlan.static(sinks, k - sinks)
-            records.append(_record("static", layer, f"static s{sinks} w{k - sinks}", evidence))
-        else:
-            records.append(_record("static", layer, "keep indexer", evidence))
-    return chosen, records
+    best = max((j for j, s in enumerate(SINK_CHOICES) if s < k), key=lambda j: pooled[layer, j])
+    sinks = SINK_CHOICES[best]
+    cover, recall = worst_cover[layer, best], worst_recall[layer]
+    return LayerPlan.static(sinks, k - sinks), f"coverage {cover:.3f} vs indexer recall {recall:.3f} (worst type)"
 
 
-def static_design(cal: Calibration, cfg: ModelConfig, opt: OptimizeConfig) -> Design | None:
-    chosen, records = static_layers(cal, cfg, opt)
+def _static_gap(cal: Calibration, layer: int) -> float:
+    """Indexer recall minus the best sink + window coverage, hardest content type: small = static-friendly."""
+    return float(cal.worst("recall")[layer] - cal.worst("sink_window")[layer].max())
+
+
+def _share_source(cal: Calibration, layers: list[LayerPlan], layer: int) -> int | None:
+    """The earlier layer with its own selection (indexer or static) whose selection holds most of `layer`'s mass."""
+    sources = [j for j in range(layer) if layers[j].kind in ("indexer", "static")]
+    return max(sources, key=lambda j: cal.pooled("mass_overlap")[layer, j]) if sources else None
+
+
+def to_static(cal: Calibration, k: int) -> Convert:
+    def convert(layers: list[LayerPlan], i: int) -> LayerPlan | None:
+        return fitted_static(cal, i, k)[0] if layers[i].kind == "indexer" else None
+
+    return convert
+
+
+def to_shared(cal: Calibration) -> Convert:
+    def convert(layers: list[LayerPlan], i: int) -> LayerPlan | None:
+        first = min(j for j, p in enumerate(layers) if p.sparse)
+        if layers[i].kind != "indexer" or i in (0, first):
+            return None
+        src = _share_source(cal, layers, i)
+        return None if src is None else LayerPlan.shared(src)
+
+    return convert
+
+
+def greedy(
+    layers: list[LayerPlan], converts: dict[str, Convert], plan_loss: PlanLoss, tolerance: float, order=None
+) -> tuple[list[LayerPlan], list[dict]]:
+    """Repeatedly apply the acceptable conversion that costs the least zero-shot loss; stop when none is left.
+
+    `order` (optional, layer -> sort key) breaks near-ties towards the layers the measurements favour.
+    """
+    current, records = list(layers), []
+    while True:
+        options = []
+        for name, convert in converts.items():
+            for i in range(len(current)):
+                new = convert(current, i)
+                if new is not None:
+                    trial = current[:i] + [new] + current[i + 1 :]
+                    rel = plan_loss(AttentionPlan(tuple(trial)))
+                    key = (round(float(np.mean(list(rel.values()))), 4), order(i) if order else 0)
+                    options.append((key, name, i, new, trial, rel))
+        good = [o for o in options if _acceptable(o[5], tolerance)]
+        if not good:
+            if options:
+                _, name, i, new, _, rel = min(options, key=lambda o: o[0])
+                records.append(_record(name, i, "stop", f"cheapest next: {new.label()} would cost {_describe(rel)}"))
+            return current, records
+        _, name, i, new, current, rel = min(good, key=lambda o: o[0])
+        records.append(_record(name, i, new.label(), f"zero-shot loss {_describe(rel)} (all changes so far)"))
+
+
+def static_design(cal: Calibration, cfg: ModelConfig, plan_loss: PlanLoss, opt: OptimizeConfig) -> Design | None:
+    layers, records = greedy(
+        _base_layers(cfg), {"static": to_static(cal, cfg.topk)}, plan_loss, opt.static_tolerance,
+        order=lambda i: _static_gap(cal, i),
+    )  # fmt: skip
+    records += [_record("static", i, "fit", fitted_static(cal, i, cfg.topk)[1]) for i in cal.sparse_layers]
+    chosen = [i for i, p in enumerate(layers) if p.kind == "static"]
     if not chosen:
         return None
-    layers = [chosen.get(i, p) for i, p in enumerate(_base_layers(cfg))]
-    why = (
-        f"layers {sorted(chosen)} are served by sink + window as well as by their indexer (margin {opt.static_margin})"
-    )
+    why = f"layers {chosen} read sinks + window within {opt.static_tolerance:.1%} zero-shot calibration loss"
     return Design("static_layers", "static", AttentionPlan(tuple(layers)), why, decisions=tuple(records))
 
 
-def _share_source(cal: Calibration, layers: list[LayerPlan], layer: int) -> int:
-    """The earlier layer with its own selection (indexer or static) whose selection holds most of `layer`'s mass."""
-    overlap = cal.pooled("mass_overlap")
-    sources = [j for j in range(layer) if layers[j].kind in ("indexer", "static")]
-    return max(sources, key=lambda j: overlap[layer, j])
-
-
-def share_greedy(
-    cal: Calibration, layers: list[LayerPlan], plan_loss: PlanLoss, opt: OptimizeConfig
-) -> tuple[list[LayerPlan], list[dict]]:
-    """Greedy F/S search over the indexer layers of `layers` (module docstring); returns the new layers and records."""
-    start = plan_loss(AttentionPlan(tuple(layers)))
-    current, records = list(layers), []
-    first = min((i for i, p in enumerate(layers) if p.sparse), default=0)
-    while True:
-        options = []
-        for i, p in enumerate(current):
-            if p.kind != "indexer" or i == 0 or i == first:
-                continue
-            trial = list(current)
-            src = _share_source(cal, current, i)
-            trial[i] = LayerPlan.shared(src)
-            options.append((plan_loss(AttentionPlan(tuple(trial))), i, src, trial))
-        if not options:
-            break
-        loss, i, src, trial = min(options, key=lambda o: o[0])
-        evidence = f"calibration loss {start:.4f} -> {loss:.4f} ({loss / start - 1:+.2%})"
-        if loss > start * (1 + opt.shared_tolerance):
-            records.append(_record("shared", i, "keep indexer", f"cheapest sharing would cost {evidence}"))
-            break
-        current = trial
-        overlap = cal.pooled("mass_overlap")[i, src]
-        evidence += f"; mass on layer {src}'s top-k {overlap:.3f}"
-        records.append(_record("shared", i, f"shared from {src}", evidence))
-    return current, records
-
-
 def shared_design(cal: Calibration, cfg: ModelConfig, plan_loss: PlanLoss, opt: OptimizeConfig) -> Design | None:
-    layers, records = share_greedy(cal, _base_layers(cfg), plan_loss, opt)
+    layers, records = greedy(_base_layers(cfg), {"shared": to_shared(cal)}, plan_loss, opt.shared_tolerance)
     shared = [i for i, p in enumerate(layers) if p.kind == "shared"]
     if not shared:
         return None
-    why = f"layers {shared} reuse an earlier layer's top-k within {opt.shared_tolerance:.1%} calibration loss"
+    overlap = cal.pooled("mass_overlap")
+    records += [_record("shared", i, "overlap", f"mass on layer {p.source}'s top-k {overlap[i, p.source]:.3f}")
+                for i, p in enumerate(layers) if p.kind == "shared"]  # fmt: skip
+    why = f"layers {shared} reuse an earlier layer's top-k within {opt.shared_tolerance:.1%} zero-shot loss"
     return Design("shared_indices", "shared", AttentionPlan(tuple(layers)), why, decisions=tuple(records))
 
 
@@ -144,11 +177,9 @@ def adaptive_design(cfg: ModelConfig, mean_k: PlanMeanK, opt: OptimizeConfig) ->
     k_max, k_min = 2 * k, max(1, k // 4)
     chosen = None
     for p in sorted(opt.top_p_grid):
-        plan = AttentionPlan.uniform(
-            cfg.n_layers, LayerPlan.indexer_layer(cfg.indexer_heads, cfg.indexer_dim, k_max, p, k_min)
-        )
-        measured = mean_k(plan)
-        mean = float(np.mean(list(measured.values())))
+        layer = LayerPlan.indexer_layer(cfg.indexer_heads, cfg.indexer_dim, k_max, p, k_min)
+        plan = AttentionPlan.uniform(cfg.n_layers, layer)
+        mean = float(np.mean(list(mean_k(plan).values())))
         records.append(_record("adaptive_k", -1, f"top_p {p}", f"mean k {mean:.1f} (fixed k {k})"))
         if mean <= k:
             chosen = (p, plan)
@@ -157,19 +188,19 @@ def adaptive_design(cfg: ModelConfig, mean_k: PlanMeanK, opt: OptimizeConfig) ->
         layer = LayerPlan.indexer_layer(cfg.indexer_heads, cfg.indexer_dim, k, p, k_min)
         chosen = (p, AttentionPlan.uniform(cfg.n_layers, layer))
         records.append(_record("adaptive_k", -1, f"top_p {p}, k_max {k}", "no p kept the mean k <= k with k_max 2k"))
-    why = f"top-p {chosen[0]} of the indexer's mass over its best {chosen[1].layers[0].topk} keys, k in [{k_min}, ...]"
+    top = chosen[1].layers[0].topk
+    why = f"top-p {chosen[0]} of the indexer's mass over its best {top} keys, k in [{k_min}, {top}]"
     return Design("adaptive_k", "adaptive_k", chosen[1], why, decisions=tuple(records))
 
 
 def combined_design(cal: Calibration, cfg: ModelConfig, plan_loss: PlanLoss, opt: OptimizeConfig) -> Design:
-    """Static layers, then the greedy sharing among the remaining indexer layers, then pruning what is left."""
-    chosen, records = static_layers(cal, cfg, opt)
-    layers = [chosen.get(i, p) for i, p in enumerate(_base_layers(cfg))]
-    layers, shared_records = share_greedy(cal, layers, plan_loss, opt)
+    """One greedy search over static and shared conversions, then pruning of the indexers that remain."""
+    converts = {"static": to_static(cal, cfg.topk), "shared": to_shared(cal)}
+    layers, records = greedy(_base_layers(cfg), converts, plan_loss, opt.combined_tolerance)
     layers, keep, pruned_records = pruned_layers(cal, cfg, layers, opt)
     plan = AttentionPlan(tuple(layers))
-    why = f"static + shared + pruned composed: {plan.label()}"
-    return Design("combined", "combined", plan, why, keep, tuple(records + shared_records + pruned_records))
+    why = f"static and shared layers within {opt.combined_tolerance:.1%} zero-shot loss, then pruned: {plan.label()}"
+    return Design("combined", "combined", plan, why, keep, tuple(records + pruned_records))
 
 
 def static_baseline(cfg: ModelConfig, opt: OptimizeConfig) -> Design:

@@ -50,14 +50,17 @@ class _Probe:
 
     def __init__(self, dsa, batches: dict[str, torch.Tensor]) -> None:
         self.dsa, self.batches, self.losses, self.ks = dsa, batches, {}, {}
+        self.base = calibration_loss(dsa, batches)  # {content type: DSA loss}
 
     def _model(self, plan: AttentionPlan):
         return build_candidate(self.dsa, Design("probe", "static", plan, "zero-shot probe"))
 
-    def loss(self, plan: AttentionPlan) -> float:
+    def loss(self, plan: AttentionPlan) -> dict[str, float]:
+        """{content type: zero-shot calibration loss / the DSA model's}."""
         key = plan.to_json()
         if key not in self.losses:
-            self.losses[key] = float(np.mean(list(calibration_loss(self._model(plan), self.batches).values())))
+            got = calibration_loss(self._model(plan), self.batches)
+            self.losses[key] = {ct: got[ct] / self.base[ct] for ct in got}
         return self.losses[key]
 
     @torch.no_grad()
@@ -103,7 +106,7 @@ def design(store, preset: Preset) -> list[Design]:
     probe = _Probe(dsa, batches)
     cfg = dsa.cfg
     made = {
-        "static": lambda: dz.static_design(cal, cfg, opt),
+        "static": lambda: dz.static_design(cal, cfg, probe.loss, opt),
         "shared": lambda: dz.shared_design(cal, cfg, probe.loss, opt),
         "pruned": lambda: dz.pruned_design(cal, cfg, opt),
         "adaptive_k": lambda: dz.adaptive_design(cfg, probe.mean_k, opt),
@@ -124,11 +127,13 @@ def design(store, preset: Preset) -> list[Design]:
 
 
 def decisions_table(store, designs: list[Design], probe: _Probe) -> pd.DataFrame:
-    """Per design and layer: what each designer decided and why, the layer's Phase 2 kinds, zero-shot loss."""
+    """Per design and layer: what each designer decided and why, the layer's Phase 2 kinds, and the design's
+    zero-shot calibration loss relative to DSA's (mean over content types; NaN with fresh indexers)."""
     kinds = phase2_kinds(store)
     rows = []
     for d in designs:
-        zero_shot = probe.loss(d.plan) if not d.new_indexers(probe.dsa.cfg) else float("nan")
+        fresh = d.new_indexers(probe.dsa.cfg)  # fresh indexers mean nothing before their warm-up
+        zero_shot = float("nan") if fresh else float(np.mean(list(probe.loss(d.plan).values())))
         for i, layer in enumerate(d.plan.layers):
             why = [r for r in d.decisions if r["layer"] in (i, -1)]
             rows.append(
@@ -140,7 +145,7 @@ def decisions_table(store, designs: list[Design], probe: _Probe) -> pd.DataFrame
                     "decision": layer.label(),
                     "evidence": " | ".join(f"{r['designer']}: {r['decision']} ({r['evidence']})" for r in why),
                     "phase2_kinds": kinds.get(i, ""),
-                    "zero_shot_loss": zero_shot,
+                    "zero_shot_loss_ratio": zero_shot,
                 }
             )
     return pd.DataFrame(rows)

@@ -36,27 +36,45 @@ def fake_calibration(recall, cover, overlap=None, drops=None) -> Calibration:
     )
 
 
-def test_static_designer_takes_the_layers_sink_window_serves_as_well_and_fits_the_sinks():
+def rel_loss(costs: dict[int, dict[str, float]]):
+    """A PlanLoss where converting layer i (to anything) raises each content type's loss by costs[i][type]."""
+
+    def plan_loss(plan: AttentionPlan) -> dict[str, float]:
+        changed = [i for i, p in enumerate(plan.layers) if p.kind != "indexer"]
+        return {ct: 1 + sum(costs[i].get(ct, 0.0) for i in changed) for ct in ("code", "assoc_recall")}
+
+    return plan_loss
+
+
+def test_static_designer_takes_layers_while_the_loss_allows_and_fits_the_sinks():
     cal = fake_calibration(recall=[0.42, 0.9, 0.8, 0.95], cover=[0.41, 0.6, 0.79, 0.5])
-    d = dz.static_design(cal, CFG, OPT)
-    kinds = [p.kind for p in d.plan.layers]
-    assert kinds == ["static", "indexer", "static", "indexer"]
+    costs = {0: {"code": 0.003}, 1: {"assoc_recall": 0.3}, 2: {"code": 0.001}, 3: {"code": 0.002, "assoc_recall": 0.02}}
+    d = dz.static_design(cal, CFG, rel_loss(costs), OPT)
+    assert [p.kind for p in d.plan.layers] == ["static", "indexer", "static", "indexer"]
     assert d.plan.layers[0] == LayerPlan.static(2, 6)  # budget k = 8, the best sink count 2
-    assert dz.static_design(fake_calibration([0.9] * 4, [0.5] * 4), CFG, OPT) is None
+    stop = [r for r in d.decisions if r["decision"] == "stop"]
+    assert stop and stop[0]["layer"] == 3  # +2% on assoc_recall: more than 3x the 0.5% tolerance on one type
+    assert dz.static_design(cal, CFG, rel_loss({i: {"code": 0.1} for i in range(4)}), OPT) is None
 
 
 def test_greedy_sharing_never_shares_layer_0_and_stops_at_the_tolerance():
     overlap = [[1, 0, 0, 0], [0.9, 1, 0, 0], [0.5, 0.95, 1, 0], [0.3, 0.6, 0.97, 1]]
     cal = fake_calibration([0.9] * 4, [0.1] * 4, overlap=overlap)
-    costs = {1: 0.002, 2: 0.004, 3: 0.03}  # relative loss increase of sharing each layer (1% tolerated in all)
-
-    def plan_loss(plan: AttentionPlan) -> float:
-        return 2.0 * (1 + sum(costs[i] for i, p in enumerate(plan.layers) if p.kind == "shared"))
-
-    d = dz.shared_design(cal, CFG, plan_loss, OPT)
+    costs = {1: {"code": 0.002}, 2: {"code": 0.004}, 3: {"code": 0.03}}
+    d = dz.shared_design(cal, CFG, rel_loss(costs | {0: {}}), OPT)
     assert [p.kind for p in d.plan.layers] == ["indexer", "shared", "shared", "indexer"]
     assert d.plan.layers[1].source == 0 and d.plan.layers[2].source == 0  # a shared layer is no source itself
-    assert any(r["decision"] == "keep indexer" for r in d.decisions)
+    assert any(r["decision"] == "stop" for r in d.decisions)
+
+
+def test_combined_search_mixes_static_and_shared_then_prunes():
+    overlap = [[1, 0, 0, 0], [0.9, 1, 0, 0], [0.5, 0.95, 1, 0], [0.3, 0.6, 0.97, 1]]
+    cal = fake_calibration([0.4, 0.9, 0.9, 0.9], [0.39, 0.5, 0.5, 0.5], overlap=overlap)
+    costs = {0: {"code": 0.001}, 1: {"code": 0.5}, 2: {"code": 0.002}, 3: {"code": 0.003}}
+    d = dz.combined_design(cal, CFG, rel_loss(costs), OPT)
+    kinds = [p.kind for p in d.plan.layers]
+    assert kinds[:2] == ["static", "indexer"] and set(kinds[2:]) <= {"static", "shared"}  # 1.5% total <= 3 x 1%
+    assert d.plan.layers[1].indexer_heads == 2  # the one indexer left is pruned after the search
 
 
 def test_pruning_keeps_heads_whose_removal_costs_recall():
