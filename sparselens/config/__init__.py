@@ -11,6 +11,7 @@ from sparselens.config.params import (
     PHASES,
     CaptureParams,
     InterpretParams,
+    OptimizeParams,
     PatternsParams,
     PhaseParams,
     RunParams,
@@ -24,11 +25,15 @@ from sparselens.config.phases import (
     OptimizeConfig,
     PatternsConfig,
 )
+from sparselens.config.plan import LAYER_KINDS, AttentionPlan, LayerPlan
 from sparselens.config.presets import PHASE_SECTIONS, PRESETS, SECTIONS, Preset, get_preset, preset_from_dict
 from sparselens.config.train import DEFAULT_MIX, EvalConfig, TrainConfig
 
 __all__ = [
     "ATTENTION_KINDS",
+    "LAYER_KINDS",
+    "AttentionPlan",
+    "LayerPlan",
     "DEFAULT_MIX",
     "KERNEL_BACKENDS",
     "PHASE_PARAMS",
@@ -45,6 +50,7 @@ __all__ = [
     "InterpretParams",
     "ModelConfig",
     "MonitorConfig",
+    "OptimizeParams",
     "OptimizeConfig",
     "PatternsConfig",
     "PatternsParams",

@@ -106,11 +106,23 @@ class PatternsParams(PhaseParams):
     )
 
 
+class OptimizeParams(PhaseParams):
+    """Phase 3 parameters; empty fields keep the run's optimize config."""
+
+    PHASE: ClassVar[str] = "optimize"
+
+    families: list[str] | None = Field(
+        None, description="designers to run: static, shared, pruned, adaptive_k, combined"
+    )
+    finetune_steps: int | None = Field(None, ge=1, description="fine-tuning steps of every candidate and the reference")
+
+
 PHASE_PARAMS: dict[str, type[PhaseParams]] = {
     "train": TrainParams,
     "evaluate": PhaseParams,
     "capture": CaptureParams,
     "interpret": InterpretParams,
     "patterns": PatternsParams,
+    "optimize": OptimizeParams,
 }
 PHASES = tuple(PHASE_PARAMS)  # the phases a run goes through, in order

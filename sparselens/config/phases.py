@@ -117,24 +117,42 @@ class OptimizeConfig:
     """Phase 3: designs cheaper attention from Phase 2's measurements and fine-tunes each candidate fairly."""
 
     families: tuple[str, ...] = OPTIMIZE_FAMILIES  # designers to run; a `reference` (DSA continued) always runs
-    finetune_steps: int = 150  # sparse-stage steps of every candidate and of the equal-step DSA reference
+    baseline: bool = True  # also train the sink + window baseline (every layer, same k): it belongs in every table
+    finetune_steps: int = 120  # sparse-stage steps of every candidate and of the equal-step DSA reference
+    finetune_lr: float = 1e-3  # peak lr of those steps (own warm-up + cosine); the recipe ended at its 0.1 floor
+    warmup_steps: int = 60  # indexer-only KL steps for a candidate's new (pruned) indexers before fine-tuning
     calibration_samples: int = 8  # training-split samples per content type the designers calibrate on
     eval_samples: int = 12  # validation samples per content type of the candidates' held-out losses
     window_keys: int = 28  # static baseline: the most recent keys, with sink_keys sinks (same k as DSA by default)
     sink_keys: int = 4  # static baseline: the first keys every query keeps (StreamingLLM keeps 4)
-    top_p: float = 0.9  # adaptive k: keep the fewest keys holding this share of the indexer's softmax mass
-    k_min: int = 8  # adaptive k: lower clamp of the per-query k
+    static_tolerance: float = 0.005  # greedy static layers: zero-shot loss / DSA's may rise this much (mean of types)
+    shared_tolerance: float = 0.01  # greedy sharing: the same bound (no content type may rise by 3x the bound)
+    combined_tolerance: float = 0.01  # the combined design's greedy search over static and shared layers
+    head_drop_min: float = 0.01  # pruning keeps an indexer head whose removal costs at least this much recall
+    pruned_dim_fraction: float = 0.5  # pruned indexers keep this share of the indexer dims (fresh, warmed up)
+    top_p_grid: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)  # adaptive k: p values tried (mean k <= k)
+    time_lengths: tuple[int, ...] = (256, 1024)  # whole-model forward timed at these lengths (quick: T and 4T)
+    core_length: int = 8192  # attention + indexer time measured at this length
     timing_repeats: int = 9  # interleaved forwards timed per model (median reported)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.families) - set(OPTIMIZE_FAMILIES))
         if unknown:
             raise ConfigError(f"families has unknown names {unknown}; choose from {OPTIMIZE_FAMILIES}")
-        _positive(self, "finetune_steps", "calibration_samples", "eval_samples", "timing_repeats", "k_min")
+        _positive(self, "finetune_steps", "calibration_samples", "eval_samples", "timing_repeats", "finetune_lr")
+        _positive(self, "core_length")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0")
         if self.window_keys < 1 or self.sink_keys < 0:
             raise ConfigError(f"window_keys={self.window_keys} must be >= 1 and sink_keys={self.sink_keys} >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p={self.top_p} must be a share of the indexer mass in (0, 1]")
+        for name in ("static_tolerance", "shared_tolerance", "combined_tolerance", "head_drop_min"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be a share in [0, 1)")
+        if not 0 < self.pruned_dim_fraction <= 1:
+            raise ConfigError(f"pruned_dim_fraction={self.pruned_dim_fraction} must be in (0, 1]")
+        if not self.top_p_grid or any(not 0 < p <= 1 for p in self.top_p_grid):
+            raise ConfigError(f"top_p_grid={self.top_p_grid} must hold shares of the indexer mass in (0, 1]")
+        _lengths("time_lengths", self.time_lengths)
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,14 @@ def _tiny() -> Preset:
         interpret=InterpretConfig(full_map_max_len=64, pooled_blocks=16, view_content_types=("assoc_recall",)),
         patterns=PatternsConfig(sparsify_samples=1, density_points=16, max_k=4),
         optimize=OptimizeConfig(
-            finetune_steps=10, calibration_samples=2, eval_samples=2, window_keys=6, timing_repeats=3
+            finetune_steps=10,
+            warmup_steps=5,
+            calibration_samples=2,
+            eval_samples=2,
+            window_keys=6,
+            time_lengths=(64, 128),
+            core_length=256,
+            timing_repeats=3,
         ),
         benchmark=BenchmarkConfig(
             quality_samples=2,
@@ -162,7 +169,15 @@ def _full() -> Preset:
         ),
         interpret=InterpretConfig(full_map_max_len=512, pooled_blocks=128, panel_px=200),
         patterns=PatternsConfig(sparsify_samples=8, density_points=60),
-        optimize=OptimizeConfig(finetune_steps=1000, calibration_samples=32, eval_samples=64, window_keys=252),
+        optimize=OptimizeConfig(
+            finetune_steps=1000,
+            warmup_steps=200,
+            calibration_samples=32,
+            eval_samples=64,
+            window_keys=252,
+            time_lengths=(2048, 8192),
+            core_length=32768,
+        ),
         benchmark=BenchmarkConfig(quality_samples=64, prefill_lens=(2048, 8192, 32768), repeats=9),
         monitor=MonitorConfig(context=32768, threads=8),
     )

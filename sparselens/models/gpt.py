@@ -1,4 +1,4 @@
-"""A small GPT: RMSNorm pre-norm blocks, RoPE, SwiGLU, and dense or DSA attention per ModelConfig."""
+"""A small GPT: RMSNorm pre-norm blocks, RoPE, SwiGLU, and dense, DSA or plan-driven attention per ModelConfig."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparselens.config import ModelConfig
-from sparselens.models.attention import MODES, Attention
-from sparselens.models.indexer import Indexer
-from sparselens.models.rope import rope_tables
+from sparselens.models.attention import Attention, layer_indexer
+from sparselens.models.cache import DecodeCache
+from sparselens.models.state import MODES, ForwardState
 
 
 class SwiGLU(nn.Module):
@@ -27,16 +27,16 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.attn = Attention(cfg)
-        self.indexer = Indexer(cfg) if cfg.attention == "dsa" else None
+        self.attn = Attention(cfg, layer)
+        self.indexer = layer_indexer(cfg, cfg.layer_plan(layer))
         self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x: torch.Tensor, rope, mode: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out, kl = self.attn(self.attn_norm(x), rope, self.indexer, mode)
+    def forward(self, x: torch.Tensor, state: ForwardState) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out, kl = self.attn(self.attn_norm(x), state, self.indexer)
         x = x + out
         return x + self.mlp(self.mlp_norm(x)), kl
 
@@ -48,7 +48,7 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.apply(self._init)
@@ -68,33 +68,42 @@ class GPT(nn.Module):
     def indexer_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if ".indexer." in n]
 
-    def _rope(self, t: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-        pos = torch.arange(t, device=device)
-        cos, sin = rope_tables(pos, self.cfg.head_dim, self.cfg.rope_base)  # [T, D/2]
-        cos_i, sin_i = rope_tables(pos, self.cfg.indexer_dim // 2, self.cfg.rope_base)  # [T, DI/4]
-        return cos, sin, cos_i, sin_i
+    def new_cache(self, batch_size: int) -> DecodeCache:
+        """An empty decode cache for `batch_size` sequences: then `model(tokens[B, t], cache=cache)` step by step."""
+        return DecodeCache(self.cfg, batch_size)
 
     def forward(
-        self, tokens: torch.Tensor, mode: str = "sparse", return_kl: bool = False
+        self,
+        tokens: torch.Tensor,
+        mode: str = "sparse",
+        return_kl: bool = False,
+        cache: DecodeCache | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """tokens[B, T] -> logits[B, T, V]; with return_kl, also the indexer KL averaged over layers.
+        """tokens[B, T] -> logits[B, T, V]; with return_kl, also the indexer KL averaged over indexer layers.
 
-        mode applies to DSA layers ("sparse", "dense_kl", "sparse_kl"; see attention.py) and is ignored by dense.
+        mode applies to layers with indexers ("sparse", "dense_kl", "sparse_kl"; see attention.py). With `cache`
+        (from `new_cache`), the tokens continue the cached sequences: their K/V and indexer keys are appended and
+        the logits are those of positions cache.length .. cache.length + T - 1.
         """
         if tokens.dim() != 2 or tokens.dtype != torch.long:
             raise ValueError(f"tokens must be int64 [B, T], got {tuple(tokens.shape)} {tokens.dtype}")
-        t = tokens.shape[1]
-        if t > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {t} exceeds max_seq_len={self.cfg.max_seq_len}; build with a larger one")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
-        rope = self._rope(t, tokens.device)
+        b, t = tokens.shape
+        offset = 0 if cache is None else cache.length
+        if cache is not None:
+            cache.check_fits(b, t)
+        elif t > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {t} exceeds max_seq_len={self.cfg.max_seq_len}; build with a larger one")
+        state = ForwardState(t, offset, mode, tokens.device, self.cfg.rope_base, cache)
         x = self.embed(tokens)  # [B, T, d]
         kls = []
         for block in self.blocks:
-            x, kl = block(x, rope, mode)
+            x, kl = block(x, state)
             if kl is not None:
                 kls.append(kl)
+        if cache is not None:
+            cache.length += t
         logits = self.head(self.norm(x))  # [B, T, V]
         if not return_kl:
             return logits

@@ -11,23 +11,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparselens import kernels
-from sparselens.config import ModelConfig
+from sparselens.config import LayerPlan
 from sparselens.masks import causal_mask
 from sparselens.models.hooks import HookPoint
 from sparselens.models.rope import apply_rope
+from sparselens.models.selection import top_p_truncate
+from sparselens.models.state import ForwardState
 
 SCORE_GATHER_MAX = 1 << 20  # T * S up to which `selected_dots` uses a [T, S] product (else it gathers key rows)
 
 
 class Indexer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """A lightning indexer: `plan.indexer_heads` heads of `plan.indexer_dim` dims, and its k policy (fixed, top-p)."""
+
+    def __init__(self, d_model: int, plan: LayerPlan, backend: str | None = None) -> None:
         super().__init__()
-        self.cfg = cfg
-        hi, di = cfg.indexer_heads, cfg.indexer_dim
-        self.wq = nn.Linear(cfg.d_model, hi * di, bias=False)
-        self.wk = nn.Linear(cfg.d_model, di, bias=False)
+        if plan.kind != "indexer":
+            raise ValueError(f"an Indexer needs an 'indexer' layer plan, got {plan.kind!r}")
+        self.plan, self.backend = plan, backend
+        hi, di = plan.indexer_heads, plan.indexer_dim
+        self.wq = nn.Linear(d_model, hi * di, bias=False)
+        self.wk = nn.Linear(d_model, di, bias=False)
         self.k_norm = nn.LayerNorm(di, eps=1e-6)
-        self.ww = nn.Linear(cfg.d_model, hi, bias=False)
+        self.ww = nn.Linear(d_model, hi, bias=False)
         self.weight_scale = (hi * di) ** -0.5
         self.hook_scores = HookPoint("[B, Q, K] I(t,s), -inf where not allowed")
         self.hook_head_scores = HookPoint("[B, HI, Q, K] w * ReLU(q . k) per indexer head")
@@ -39,13 +45,12 @@ class Indexer(nn.Module):
         hooks = (self.hook_scores, self.hook_head_scores, self.hook_weights, self.hook_topk)
         return any(h.active for h in hooks)
 
-    def project(
-        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """h[B, T, d] -> q[B, T, HI, DI], k[B, T, DI], w[B, T, HI]; cos/sin [T, DI/4] for the rotated half."""
+    def project(self, h: torch.Tensor, state: ForwardState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h[B, T, d] -> q[B, T, HI, DI], k[B, T, DI], w[B, T, HI], RoPE on the first DI/2 dims at state's positions."""
         b, t, _ = h.shape
-        hi, di = self.cfg.indexer_heads, self.cfg.indexer_dim
+        hi, di = self.plan.indexer_heads, self.plan.indexer_dim
         rot = di // 2
+        cos, sin = state.rope(rot)  # [T, DI/4]
         q = self.wq(h).view(b, t, hi, di)  # [B, T, HI, DI]
         k = self.k_norm(self.wk(h))  # [B, T, DI]
         q = torch.cat((apply_rope(q[..., :rot], cos, sin), q[..., rot:]), dim=-1)
@@ -56,12 +61,16 @@ class Indexer(nn.Module):
     def select(self, q: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Top-k key indices [B, T, k] (int64, -1 = none) over causally allowed keys; fires the indexer hooks.
 
-        The selection is always the fused `indexer_topk`, whoever listens: ties (e.g. score 0 when every ReLU is
-        off) break the same way with and without hooks. Scores are computed only to feed a listening hook.
+        q [B, T, HI, DI], k [B, S, DI] (S >= T: cached keys first), w [B, T, HI]. The selection is always the fused
+        `indexer_topk`, whoever listens: ties (e.g. score 0 when every ReLU is off) break the same way with and
+        without hooks. Scores are computed only to feed a listening hook. With top_p, the top-k is then truncated
+        per query (selection.top_p_truncate).
         """
-        backend = self.cfg.kernel_backend
+        backend, plan = self.backend, self.plan
         with torch.no_grad():
-            idx = kernels.indexer_topk(q, k, w, self.cfg.topk, causal=True, backend=backend)  # [B, T, k]
+            idx = kernels.indexer_topk(q, k, w, plan.topk, causal=True, backend=backend)  # [B, T, k]
+            if plan.top_p is not None:
+                idx = top_p_truncate(idx, self.selected_logits(q, k, w, idx), plan.top_p, plan.k_min)
             if self.hook_scores.active:
                 self.hook_scores(kernels.indexer_scores(q, k, w, causal=True, backend=backend))  # [B, T, T]
             if self.hook_head_scores.active:

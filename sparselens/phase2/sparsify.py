@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from sparselens.analysis.masks import pattern_mask
 from sparselens.analysis.patterns import PatternFit
 from sparselens.masks import causal_mask
-from sparselens.models.rope import apply_rope
+from sparselens.models.attention import expand_kv
 
 Mask = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
@@ -46,12 +46,12 @@ def replaced_head(model: torch.nn.Module, layer: int, head: int, mask: Mask) -> 
         used["p"] = probs[:, head]  # [B, T, S] probabilities the head used
 
     def replace(_module, args, output):
-        h, rope = args[0], args[1]  # h [B, T, d]; rope = (cos, sin, cos_i, sin_i)
+        h, state = args[0], args[1]  # h [B, T, d]; the forward's ForwardState (positions, RoPE)
         y, kl = output
         b, t, _ = h.shape
-        q, k, v = attn.qkv(h).view(b, t, 3, n_heads, head_dim).unbind(2)  # 3 x [B, T, H, D]
-        qh = apply_rope(q, rope[0], rope[1])[:, :, head]  # [B, T, D]
-        kh = apply_rope(k, rope[0], rope[1])[:, :, head]  # [B, S, D]
+        q, k, v = attn.project(h, state)  # q [B, T, H, D], k/v [B, T, HKV, D] after RoPE
+        k, v = expand_kv(k, n_heads), expand_kv(v, n_heads)  # [B, T, H, D]
+        qh, kh = q[:, :, head], k[:, :, head]  # [B, T, D], [B, S, D]
         p_old = used.pop("p")
         allowed = mask(p_old) if callable(mask) else mask.to(h.device).expand(b, -1, -1)  # [B, T, S]
         allowed = allowed & causal_mask(t, t, h.device)  # [B, T, S]

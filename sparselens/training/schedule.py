@@ -30,10 +30,14 @@ def stage_lr_factors(spec: StageSpec, train: TrainConfig, local: int) -> dict[st
       over `train.total_steps` at its global position; a continuation stage's fresh AdamW multiplies that by one
       linear ramp over `resume_warmup_steps`. In the sparse stage the indexer (its AdamW state fresh as well)
       shares this factor on its own peak, so it anneals together with the model whose attention it tracks.
+    - a stage with `own_schedule` (Phase 3 fine-tuning, after the recipe's last step) follows its own warm-up +
+      cosine over its steps, for every role it trains;
     - the indexer-only warm-up follows its own warm-up (`resume_warmup_steps`) + cosine over its W steps; that
       warm-up is its ramp, so nothing multiplies it.
     """
-    if spec.train_main:
+    if spec.own_schedule:
+        factor = cosine_lr(local, 1.0, spec.steps, train.resume_warmup_steps, train.min_lr_ratio)
+    elif spec.train_main:
         factor = cosine_lr(spec.first_step + local, 1.0, train.total_steps, train.lr_warmup_steps, train.min_lr_ratio)
         if spec.fresh_optimizer:
             factor *= ramp(local, train.resume_warmup_steps)

@@ -23,6 +23,7 @@ class StageSpec:
     train_main: bool  # main model parameters receive LM-loss updates
     train_indexer: bool  # indexer parameters receive KL updates
     fresh_optimizer: bool  # a new AdamW with a short linear ramp (continuation stages)
+    own_schedule: bool = False  # warm-up + cosine over this stage's own steps (fine-tuning after the recipe)
 
 
 def stage_specs(train: TrainConfig) -> dict[str, StageSpec]:

@@ -136,10 +136,11 @@ def test_replaced_head_matches_a_layer_recomputed_with_that_head_masked():
     window = torch.ones(23, 23, dtype=torch.bool).tril() & ~torch.ones(23, 23, dtype=torch.bool).tril(-3)
     attn = model.blocks[layer].attn
 
-    def by_hand(h, rope, indexer, mode="sparse"):
+    def by_hand(h, state, indexer=None):
         b, t, d = h.shape
         q, k, v = attn.qkv(h).view(b, t, 3, model.cfg.n_heads, model.cfg.head_dim).unbind(2)
-        q, k = apply_rope(q, rope[0], rope[1]), apply_rope(k, rope[0], rope[1])
+        cos, sin = state.rope(model.cfg.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         allowed = torch.ones(b, model.cfg.n_heads, t, t, dtype=torch.bool).tril()
         allowed[:, head] = window
         scores = torch.einsum("bthd,bshd->bhts", q, k) * attn.scale

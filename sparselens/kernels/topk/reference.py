@@ -12,8 +12,9 @@ def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     A key is allowed when its score is finite (causal masking writes -inf). Only allowed keys are ever returned,
     so a query that sees fewer than k keys gets them all followed by -1 padding; no index repeats. The selected
     set is listed by ascending key position (not by score): sparse attention then walks memory forwards, and the
-    order is the same on every backend. Ties between equal scores may be broken differently by different
-    backends, so two backends can select different but equally-scored keys.
+    order is the same on every backend. Among equal scores the later key wins here, so a query's selection depends
+    only on its own row of scores (a decode step selects what the full forward selected at that position); other
+    backends may break ties differently, so two backends can select different but equally-scored keys.
 
     Args:
         scores: [B, T, S] indexer scores, -inf where not allowed.
@@ -28,7 +29,8 @@ def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     allowed = torch.isfinite(scores)
     masked = scores.float().masked_fill(~allowed, float("-inf"))  # [B, T, S]
     kk = min(k, S)
-    values, idx = masked.topk(kk, dim=-1, largest=True, sorted=False)  # [B, T, kk]
+    values, rev = masked.flip(-1).sort(dim=-1, descending=True, stable=True)  # [B, T, S]; ties: later key first
+    values, idx = values[..., :kk], S - 1 - rev[..., :kk]  # [B, T, kk]
     idx = idx.masked_fill(values == float("-inf"), S).sort(dim=-1).values  # [B, T, kk], disallowed (= S) last
     idx = idx.masked_fill(idx == S, -1)
     if kk < k:
