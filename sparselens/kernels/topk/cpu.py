@@ -1,10 +1,12 @@
-"""CPU fast paths for selection: row top-k over given scores, and the fused indexer top-k (`_native/dsa.c`).
+"""CPU fast paths for selection: row top-k over given scores, and the fused indexer top-k (`_native/indexer.c`).
 
 The fused kernel scores a block of queries against a block of 16-key panels in registers and feeds each panel's
 16 scores straight into a per-query running top-k (a candidate buffer of ~4k above a threshold, compacted with a
 histogram when full, see README.md), so the [T, S] score matrix never exists. Panels are swept from the query's
-own position backwards: recent keys usually score high, which raises the threshold early. Without the compiled
-library both ops fall back to torch (the indexer in query chunks, so memory stays bounded).
+own position backwards: recent keys usually score high, which raises the threshold early. With a few queries
+(decoding: T <= SPLIT_MAX_T) the keys are instead split into chunks scored straight from k's rows (no panel copy
+of the whole cache per step) on every thread, and the chunks' top-k are merged. Without the compiled library both
+ops fall back to torch (the indexer in query chunks, so memory stays bounded).
 """
 
 import torch
@@ -16,6 +18,8 @@ from sparselens.kernels.indexer_scores.cpu import QUERY_BLOCK, pack_keys, pad_he
 from sparselens.kernels.topk import reference
 
 FALLBACK_CHUNK_ELEMS = 1 << 24  # [B, Tc, HI, S] logits per chunk in the pure-torch fallback
+SPLIT_MAX_T = 16  # at most this many queries per batch row: split the keys across threads (decoding)
+SPLIT_MIN_KEYS = 1024  # keys per chunk of the split kernel, at least
 
 
 def _indexer_topk_native(q, k, w, topk, causal):
@@ -32,6 +36,36 @@ def _indexer_topk_native(q, k, w, topk, causal):
         n_items=B * -(-T // QUERY_BLOCK),
     )  # fmt: skip
     return out
+
+
+def _split_chunks(B: int, T: int, S: int) -> tuple[int, int]:
+    """(keys per chunk, chunks) so that B * T * chunks items keep every thread busy, chunks >= SPLIT_MIN_KEYS."""
+    want = -(-2 * torch.get_num_threads() // max(1, B * T))  # two items per thread balance uneven causal ranges
+    n = max(1, min(want, -(-S // SPLIT_MIN_KEYS)))
+    per_chunk = -(-S // n)
+    chunk = max(16, -(-per_chunk // 16) * 16)  # a multiple of 16 keys
+    return chunk, max(1, -(-S // chunk))
+
+
+def _indexer_topk_split(q, k, w, topk, causal):
+    """Few queries: each (query, key chunk) item keeps its chunk's top k; the chunks are merged here."""
+    B, T, S, DI = q.shape[0], q.shape[1], k.shape[1], q.shape[3]
+    qp, wp = pad_heads(q.detach(), w.detach())
+    kc = k.detach().float().contiguous()  # [B, S, DI] rows, read in place
+    chunk, n_chunks = _split_chunks(B, T, S)
+    vals = empty_output(B * T * n_chunks, topk, dtype=torch.float32)
+    idx = empty_output(B * T * n_chunks, topk, dtype=torch.int64)
+    _native.launch(
+        "sl_indexer_topk_split",
+        *(_native.ptr(x) for x in (qp, kc, wp, vals, idx)),
+        B, T, S, qp.shape[2], DI, int(causal), topk, chunk, n_chunks,
+        n_items=B * T * n_chunks,
+    )  # fmt: skip
+    vals, idx = vals.view(B, T, n_chunks * topk), idx.view(B, T, n_chunks * topk)  # chunks side by side
+    best = vals.topk(topk, dim=-1)  # [B, T, topk], -inf where fewer than topk keys are allowed
+    sel = idx.gather(-1, best.indices).masked_fill(best.values == float("-inf"), S)
+    sel = sel.sort(dim=-1).values  # ascending positions, padding (= S) last
+    return sel.masked_fill(sel == S, -1)
 
 
 def _indexer_topk_chunked(q, k, w, topk, causal):
@@ -63,6 +97,8 @@ def indexer_topk(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, topk: int, c
     with torch.no_grad():
         if _native.library() is None:
             return _indexer_topk_chunked(q, k, w, topk, causal)
+        if q.shape[1] <= SPLIT_MAX_T and q.shape[0] * q.shape[1] > 0:
+            return _indexer_topk_split(q, k, w, topk, causal)
         return _indexer_topk_native(q, k, w, topk, causal)
 
 

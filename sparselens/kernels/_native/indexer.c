@@ -1,72 +1,52 @@
-/* CPU kernels for DeepSeek sparse attention: fused indexer top-k, indexer scores, row top-k, sparse attention
- * forward and backward. Plain C11 (AVX2+FMA intrinsics where the compiler targets them, portable loops
- * otherwise); no Python or torch headers, loaded through ctypes. Threads come from the caller: every kernel is
- * called once per worker thread with a shared work counter and pulls items with an atomic fetch-add, so the
- * library carries no OpenMP runtime of its own (torch already loads one).
+/* CPU kernels for DSA selection: the lightning-indexer tile, a running top-k, the fused indexer top-k (blocked
+ * for prefill, split over keys for decoding), indexer scores, row top-k and the canonical-row check. Plain C11
+ * with the vector type of `simd.h`; no Python or torch headers, loaded through ctypes. Threads come from the
+ * caller: every kernel is called once per worker thread with a shared work counter and pulls items with an atomic
+ * fetch-add, so the library carries no OpenMP runtime of its own (torch already loads one).
  *
- * Layouts (all fp32 C-contiguous unless noted):
- *   indexer: q [B,T,HP,DI] (HP = heads padded to a multiple of 4, padded heads have w = 0),
- *            kp [B,NP,DI,16] (keys packed in 16-key panels, zero padded), w [B,T,HP].
- *   attention: q, o, dq [B,T,H,D]; kh, vh, dkh, dvh [B,H,S,D] (head-major); idx [B,T,K] int64; lse [B,T,H].
+ * Every vector loop here is lane-wise (a lane sums its own terms in a fixed order), so the AVX-512 and AVX2
+ * builds compute bit-identical scores and selections.
+ *
+ * Layouts (fp32 C-contiguous): q [B,T,HP,DI] (HP = heads padded to a multiple of 4, padded heads have w = 0),
+ * kp [B,NP,DI,16] (keys packed in 16-key panels, zero padded), k [B,S,DI] (rows, for the split kernel),
+ * w [B,T,HP].
  */
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define SL_AVX2 1
-#endif
+#include "simd.h"
 
-#define PW 16 /* keys per panel */
-
-static inline int64_t next_item(int64_t *counter) { return __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED); }
-static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-static inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+const char *sl_isa(void) { return SL_ISA; }
 
 /* ---- indexer tile: one query (all HP heads) against one 16-key panel ---- */
 
+#define NV (PW / VW) /* vectors per panel */
+
+/* out16[i] = sum_j w[j] ReLU(q[j] . key i) for the 16 keys of a panel: per group of 4 heads, 4 x NV accumulators
+ * over DI, each FMA lane-wise, then heads folded in order (so both builds give bit-identical scores). */
 static void score_tile(const float *qt, const float *wt, const float *panel, int HP, int DI, float *out16) {
-#ifdef SL_AVX2
-    const __m256 z = _mm256_setzero_ps();
-    __m256 s0 = z, s1 = z;
+    const vf z = v_zero();
+    vf s[NV];
+    for (int v = 0; v < NV; v++) s[v] = z;
     for (int g = 0; g < HP; g += 4) {
-        const float *q0 = qt + (int64_t)g * DI, *q1 = q0 + DI, *q2 = q1 + DI, *q3 = q2 + DI;
-        __m256 a00 = z, a01 = z, a10 = z, a11 = z, a20 = z, a21 = z, a30 = z, a31 = z;
+        const float *q0 = qt + (int64_t)g * DI;
+        vf a[4][NV];
+        for (int h = 0; h < 4; h++)
+            for (int v = 0; v < NV; v++) a[h][v] = z;
         for (int d = 0; d < DI; d++) {
-            __m256 k0 = _mm256_loadu_ps(panel + d * PW), k1 = _mm256_loadu_ps(panel + d * PW + 8);
-            __asm__("" : "+x"(k0), "+x"(k1)); /* keep the row in registers: gcc would fold its load into all 4 FMAs */
-            __m256 b = _mm256_broadcast_ss(q0 + d);
-            a00 = _mm256_fmadd_ps(b, k0, a00), a01 = _mm256_fmadd_ps(b, k1, a01);
-            b = _mm256_broadcast_ss(q1 + d);
-            a10 = _mm256_fmadd_ps(b, k0, a10), a11 = _mm256_fmadd_ps(b, k1, a11);
-            b = _mm256_broadcast_ss(q2 + d);
-            a20 = _mm256_fmadd_ps(b, k0, a20), a21 = _mm256_fmadd_ps(b, k1, a21);
-            b = _mm256_broadcast_ss(q3 + d);
-            a30 = _mm256_fmadd_ps(b, k0, a30), a31 = _mm256_fmadd_ps(b, k1, a31);
+            vf kv[NV];
+            for (int v = 0; v < NV; v++) {
+                kv[v] = v_load(panel + d * PW + v * VW);
+                V_KEEP(kv[v]); /* keep the row in registers: gcc would fold its load into all 4 FMAs */
+            }
+            for (int h = 0; h < 4; h++) {
+                const vf b = v_set1(q0[h * DI + d]);
+                for (int v = 0; v < NV; v++) a[h][v] = v_fma(b, kv[v], a[h][v]);
+            }
         }
-        __m256 w = _mm256_broadcast_ss(wt + g);
-        s0 = _mm256_fmadd_ps(w, _mm256_max_ps(a00, z), s0), s1 = _mm256_fmadd_ps(w, _mm256_max_ps(a01, z), s1);
-        w = _mm256_broadcast_ss(wt + g + 1);
-        s0 = _mm256_fmadd_ps(w, _mm256_max_ps(a10, z), s0), s1 = _mm256_fmadd_ps(w, _mm256_max_ps(a11, z), s1);
-        w = _mm256_broadcast_ss(wt + g + 2);
-        s0 = _mm256_fmadd_ps(w, _mm256_max_ps(a20, z), s0), s1 = _mm256_fmadd_ps(w, _mm256_max_ps(a21, z), s1);
-        w = _mm256_broadcast_ss(wt + g + 3);
-        s0 = _mm256_fmadd_ps(w, _mm256_max_ps(a30, z), s0), s1 = _mm256_fmadd_ps(w, _mm256_max_ps(a31, z), s1);
+        for (int h = 0; h < 4; h++) {
+            const vf w = v_set1(wt[g + h]);
+            for (int v = 0; v < NV; v++) s[v] = v_fma(w, v_max(a[h][v], z), s[v]);
+        }
     }
-    _mm256_storeu_ps(out16, s0);
-    _mm256_storeu_ps(out16 + 8, s1);
-#else
-    float acc[PW];
-    for (int i = 0; i < PW; i++) out16[i] = 0.0f;
-    for (int j = 0; j < HP; j++) {
-        const float *qj = qt + (int64_t)j * DI;
-        for (int i = 0; i < PW; i++) acc[i] = 0.0f;
-        for (int d = 0; d < DI; d++)
-            for (int i = 0; i < PW; i++) acc[i] += qj[d] * panel[d * PW + i];
-        for (int i = 0; i < PW; i++) out16[i] += wt[j] * (acc[i] > 0.0f ? acc[i] : 0.0f);
-    }
-#endif
+    for (int v = 0; v < NV; v++) v_store(out16 + v * VW, s[v]);
 }
 
 /* ---- running top-k: candidates above a threshold, compacted to the best k when the buffer fills ---- */
@@ -130,16 +110,14 @@ static void topk_compact(topk_state *st, int k, int cap, float *tmp) {
     const int n = st->n;
     float mn = st->val[0], mx = st->val[0];
     int i0 = 1;
-#ifdef SL_AVX2
-    __m256 vmn = _mm256_set1_ps(mn), vmx = vmn;
-    for (; i0 + 8 <= n; i0 += 8) {
-        const __m256 x = _mm256_loadu_ps(st->val + i0);
-        vmn = _mm256_min_ps(vmn, x), vmx = _mm256_max_ps(vmx, x);
+    vf vmn = v_set1(mn), vmx = vmn;
+    for (; i0 + VW <= n; i0 += VW) {
+        const vf x = v_load(st->val + i0);
+        vmn = v_min(vmn, x), vmx = v_max(vmx, x);
     }
-    float lo8[8], hi8[8];
-    _mm256_storeu_ps(lo8, vmn), _mm256_storeu_ps(hi8, vmx);
-    for (int u = 0; u < 8; u++) mn = lo8[u] < mn ? lo8[u] : mn, mx = hi8[u] > mx ? hi8[u] : mx;
-#endif
+    float lov[VW], hiv[VW];
+    v_store(lov, vmn), v_store(hiv, vmx);
+    for (int u = 0; u < VW; u++) mn = lov[u] < mn ? lov[u] : mn, mx = hiv[u] > mx ? hiv[u] : mx;
     for (int i = i0; i < n; i++) mn = st->val[i] < mn ? st->val[i] : mn, mx = st->val[i] > mx ? st->val[i] : mx;
     const float scale = (NBINS - 1) / (mx - mn);
     st->limit = cap;
@@ -167,15 +145,19 @@ static void topk_compact(topk_state *st, int k, int cap, float *tmp) {
  * reference); compacts when fewer than 16 free slots remain. */
 static inline void topk_filter(topk_state *st, const float *sc, int n, int64_t base, int k, int cap, float *tmp) {
     uint32_t mask = 0;
-#ifdef SL_AVX2
     if (n == PW) {
+#ifdef SL_AVX512
+        const __m512 x = _mm512_loadu_ps(sc);
+        mask = _mm512_cmp_ps_mask(x, _mm512_set1_ps(st->thr), _CMP_GT_OQ) &
+               _mm512_cmp_ps_mask(x, _mm512_set1_ps(INFINITY), _CMP_LT_OQ);
+#else
         const __m256 t = _mm256_set1_ps(st->thr), inf = _mm256_set1_ps(INFINITY);
         const __m256 a = _mm256_loadu_ps(sc), b = _mm256_loadu_ps(sc + 8);
         const __m256 ka = _mm256_and_ps(_mm256_cmp_ps(a, t, _CMP_GT_OQ), _mm256_cmp_ps(a, inf, _CMP_LT_OQ));
         const __m256 kb = _mm256_and_ps(_mm256_cmp_ps(b, t, _CMP_GT_OQ), _mm256_cmp_ps(b, inf, _CMP_LT_OQ));
         mask = (uint32_t)_mm256_movemask_ps(ka) | ((uint32_t)_mm256_movemask_ps(kb) << 8);
-    } else
 #endif
+    } else
         for (int i = 0; i < n; i++) mask |= (uint32_t)((sc[i] > st->thr) & (sc[i] < INFINITY)) << i;
     if (!mask) return;
     while (mask) {
@@ -391,230 +373,98 @@ int sl_rows_canonical(const int64_t *idx, int64_t R, int K, int64_t S, int64_t *
     return 0;
 }
 
-/* ---- vector helpers for attention ---- */
 
-#ifdef SL_AVX2
-static inline float hsum256(__m256 v) {
-    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
-    return _mm_cvtss_f32(x);
+/* ---- fused indexer top-k for few queries (decoding): items are (batch, query, key chunk) ----
+ *
+ * With a handful of queries the blocked kernel above has one item per batch row, so one thread would scan every
+ * key, and packing the keys into panels would cost more than scoring them. Here keys are read as rows of k
+ * [B,S,DI]: each item scores one query against one chunk of keys (4 keys x 4 heads of dot products at a time,
+ * summed across lanes) and keeps the chunk's exact top k (values and positions, unordered, -inf/-1 padded);
+ * the caller merges the chunks. */
+
+#if VW == 16
+/* out lane i = sum of the lanes of acc[i] (16 vectors -> 1) */
+static inline vf reduce_lanes(const vf *acc) {
+    vf w[16], t[8], u[4];
+    for (int p = 0; p < 16; p++) w[p] = acc[(p % 4) * 4 + p / 4]; /* the tree below leaves sum(w[4m+l]) at 4l+m */
+    for (int i = 0; i < 8; i++)
+        t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xEE));
+    for (int j = 0; j < 4; j++)
+        u[j] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * j], t[2 * j + 1], 0x88),
+                             _mm512_shuffle_f32x4(t[2 * j], t[2 * j + 1], 0xDD));
+    const vf x = _mm512_add_ps(_mm512_unpacklo_ps(u[0], u[1]), _mm512_unpackhi_ps(u[0], u[1]));
+    const vf y = _mm512_add_ps(_mm512_unpacklo_ps(u[2], u[3]), _mm512_unpackhi_ps(u[2], u[3]));
+    return _mm512_add_ps(_mm512_shuffle_ps(x, y, 0x44), _mm512_shuffle_ps(x, y, 0xEE));
 }
-
-/* exp on 8 lanes: 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-6 Taylor/minimax; ~1 ulp on [-87, 88]. */
-static inline __m256 exp256(__m256 x) {
-    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-87.3365447504f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+#else
+/* out lane i = sum of the lanes of acc[i] (8 vectors -> 1) */
+static inline vf reduce_lanes(const vf *acc) {
+    const __m256 s0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    const __m256 s1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
 }
 #endif
 
-static inline float dot(const float *a, const float *b, int D) {
-#ifdef SL_AVX2
-    if ((D & 7) == 0) {
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+#define RH (VW / 4) /* heads per block of VW (head, key) dot products over 4 keys */
+
+/* out4[i] = sum_j w[j] ReLU(q[j] . k_i) for the 4 key rows k0 + i * DI (DI contiguous floats each). */
+static void score_rows4(const float *qt, const float *wt, const float *k0, int HP, int DI, float *out4) {
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, l[VW];
+    for (int g = 0; g < HP; g += RH) {
+        vf acc[VW];
+        for (int i = 0; i < VW; i++) acc[i] = v_zero();
         int d = 0;
-        for (; d + 16 <= D; d += 16) {
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), _mm256_loadu_ps(b + d + 8), acc1);
-        }
-        if (d < D) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc0);
-        return hsum256(_mm256_add_ps(acc0, acc1));
-    }
-#endif
-    float s = 0.0f;
-    for (int d = 0; d < D; d++) s += a[d] * b[d];
-    return s;
-}
-
-static inline void axpy(float *y, float a, const float *x, int D) {
-#ifdef SL_AVX2
-    if ((D & 7) == 0) {
-        const __m256 av = _mm256_set1_ps(a);
-        for (int d = 0; d < D; d += 8)
-            _mm256_storeu_ps(y + d, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + d), _mm256_loadu_ps(y + d)));
-        return;
-    }
-#endif
-    for (int d = 0; d < D; d++) y[d] += a * x[d];
-}
-
-/* p[j] = exp(l[j] - m) for j < n; returns their sum. */
-static float exp_shift(float *l, int n, float m) {
-    float sum = 0.0f;
-    int j = 0;
-#ifdef SL_AVX2
-    __m256 acc = _mm256_setzero_ps(), mv = _mm256_set1_ps(m);
-    for (; j + 8 <= n; j += 8) {
-        __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(l + j), mv));
-        _mm256_storeu_ps(l + j, p);
-        acc = _mm256_add_ps(acc, p);
-    }
-    sum = hsum256(acc);
-#endif
-    for (; j < n; j++) l[j] = expf(l[j] - m), sum += l[j];
-    return sum;
-}
-
-/* ---- sparse attention forward: items are (batch, head, query block); one pass for logits, one for values ---- */
-
-#define PF_AHEAD 6 /* keys ahead to prefetch: gathered rows come from L2/L3, not from a stream */
-
-static inline void prefetch_row(const float *row, int D) {
-    for (int d = 0; d < D; d += 16) __builtin_prefetch(row + d, 0, 3);
-}
-
-/* l[j] = q . kbh[sel[j]] for j < n, four keys per step so the horizontal sums overlap. */
-static void gather_logits(const float *qs, const float *kbh, const int32_t *sel, int n, int D, float *l) {
-    int j = 0;
-#ifdef SL_AVX2
-    if ((D & 7) == 0) {
-        for (; j + 4 <= n; j += 4) {
-            if (j + 4 + PF_AHEAD <= n)
-                for (int u = 0; u < 4; u++) prefetch_row(kbh + (int64_t)sel[j + PF_AHEAD + u] * D, D);
-            const float *k0 = kbh + (int64_t)sel[j] * D, *k1 = kbh + (int64_t)sel[j + 1] * D;
-            const float *k2 = kbh + (int64_t)sel[j + 2] * D, *k3 = kbh + (int64_t)sel[j + 3] * D;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (int d = 0; d < D; d += 8) {
-                const __m256 qv = _mm256_loadu_ps(qs + d);
-                a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + d), a0);
-                a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + d), a1);
-                a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + d), a2);
-                a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + d), a3);
+        for (; d + VW <= DI; d += VW)
+            for (int u = 0; u < 4; u++) {
+                const vf kv = v_load(k0 + (int64_t)u * DI + d);
+                for (int h = 0; h < RH; h++) acc[h * 4 + u] = v_fma(v_load(qt + (int64_t)(g + h) * DI + d), kv, acc[h * 4 + u]);
             }
-            const __m256 h01 = _mm256_hadd_ps(a0, a1), h23 = _mm256_hadd_ps(a2, a3);
-            const __m256 h = _mm256_hadd_ps(h01, h23); /* lanes: 0,1,2,3 low half; 0,1,2,3 high half */
-            _mm_storeu_ps(l + j, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
-        }
+        if (d < DI)
+            for (int u = 0; u < 4; u++) {
+                const vf kv = v_load_n(k0 + (int64_t)u * DI + d, DI - d);
+                for (int h = 0; h < RH; h++)
+                    acc[h * 4 + u] = v_fma(v_load_n(qt + (int64_t)(g + h) * DI + d, DI - d), kv, acc[h * 4 + u]);
+            }
+        v_store(l, reduce_lanes(acc)); /* l[h * 4 + u] = q[g + h] . k_u */
+        for (int h = 0; h < RH; h++)
+            for (int u = 0; u < 4; u++) s[u] = fmaf(wt[g + h], l[h * 4 + u] > 0.0f ? l[h * 4 + u] : 0.0f, s[u]);
     }
-#endif
-    for (; j < n; j++) l[j] = dot(qs, kbh + (int64_t)sel[j] * D, D);
+    memcpy(out4, s, sizeof s);
 }
 
-/* out[0..D) = inv * sum_j p[j] vbh[sel[j]]; accumulators stay in registers for each 64-wide slice of D. */
-static void gather_values(const float *p, const float *vbh, const int32_t *sel, int n, int D, float inv, float *out) {
-#ifdef SL_AVX2
-    if ((D & 7) == 0) {
-        for (int d0 = 0; d0 < D; d0 += 64) {
-            const int w = D - d0 < 64 ? (D - d0) / 8 : 8; /* 8-float vectors in this slice */
-            __m256 acc[8];
-            for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
-            for (int j = 0; j < n; j++) {
-                if (j + PF_AHEAD < n) prefetch_row(vbh + (int64_t)sel[j + PF_AHEAD] * D + d0, w * 8);
-                const float *vr = vbh + (int64_t)sel[j] * D + d0;
-                const __m256 pj = _mm256_set1_ps(p[j]);
-                if (w == 8) {
-                    acc[0] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr), acc[0]);
-                    acc[1] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8), acc[1]);
-                    acc[2] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 16), acc[2]);
-                    acc[3] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 24), acc[3]);
-                    acc[4] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 32), acc[4]);
-                    acc[5] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 40), acc[5]);
-                    acc[6] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 48), acc[6]);
-                    acc[7] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 56), acc[7]);
-                } else {
-                    for (int u = 0; u < w; u++) acc[u] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * u), acc[u]);
+int sl_indexer_topk_split(const float *q, const float *k, const float *w, float *val_out, int64_t *idx_out, int64_t B,
+                          int64_t T, int64_t S, int HP, int DI, int causal, int topk, int64_t chunk, int64_t nchunk,
+                          int64_t *counter) {
+    const int cap = topk_cap(topk);
+    float *val = malloc(sizeof(float) * (size_t)cap), *tmp = malloc(sizeof(float) * (2 * (size_t)cap + NBINS));
+    int32_t *idx = malloc(sizeof(int32_t) * (size_t)cap);
+    if (!val || !tmp || !idx) return free(val), free(tmp), free(idx), -1;
+    float sc[PW];
+    for (int64_t item = next_item(counter); item < B * T * nchunk; item = next_item(counter)) {
+        const int64_t bt = item / nchunk, c = item % nchunk, b = bt / T, t = bt % T;
+        const int64_t lim = causal ? imin(S - 1, S - T + t) : S - 1, s_end = imin(lim + 1, (c + 1) * chunk);
+        const float *qt = q + bt * HP * DI, *wt = w + bt * HP, *kb = k + b * S * DI;
+        topk_state st = {val, idx, 0, 2 * topk + 2 * PW, -INFINITY};
+        for (int64_t s0 = c * chunk; s0 < s_end; s0 += PW) {
+            const int n = (int)imin(PW, s_end - s0);
+            int i = 0;
+            for (; i + 4 <= n; i += 4) score_rows4(qt, wt, kb + (s0 + i) * DI, HP, DI, sc + i);
+            for (; i < n; i++) { /* the chunk's last 1-3 keys */
+                float s = 0.0f;
+                for (int h = 0; h < HP; h++) {
+                    const float l = dot(qt + (int64_t)h * DI, kb + (s0 + i) * DI, DI);
+                    s = fmaf(wt[h], l > 0.0f ? l : 0.0f, s);
                 }
+                sc[i] = s;
             }
-            const __m256 iv = _mm256_set1_ps(inv);
-            for (int u = 0; u < w; u++) _mm256_storeu_ps(out + d0 + 8 * u, _mm256_mul_ps(acc[u], iv));
+            topk_filter(&st, sc, n, s0, topk, cap, tmp);
         }
-        return;
+        if (st.n > topk) topk_compact_exact(&st, topk, tmp);
+        float *vo = val_out + item * topk;
+        int64_t *io = idx_out + item * topk;
+        for (int i = 0; i < topk; i++) vo[i] = i < st.n ? st.val[i] : -INFINITY, io[i] = i < st.n ? st.idx[i] : -1;
     }
-#endif
-    for (int d = 0; d < D; d++) out[d] = 0.0f;
-    for (int j = 0; j < n; j++) axpy(out, p[j], vbh + (int64_t)sel[j] * D, D);
-    for (int d = 0; d < D; d++) out[d] *= inv;
-}
-
-int sl_sparse_attn_fwd(const float *q, const float *kh, const float *vh, const int64_t *idx, float *o, float *lse,
-                       int64_t B, int64_t T, int64_t S, int H, int D, int K, float scale, int tq, int64_t *counter) {
-    float *l = malloc(sizeof(float) * (size_t)(K + 8)), *qs = malloc(sizeof(float) * (size_t)D);
-    int32_t *sel = malloc(sizeof(int32_t) * (size_t)(K + 8));
-    if (!l || !sel || !qs) return free(l), free(sel), free(qs), -1;
-    const int64_t nqb = (T + tq - 1) / tq;
-    for (int64_t item = next_item(counter); item < B * H * nqb; item = next_item(counter)) {
-        const int64_t b = item / (H * nqb), h = (item / nqb) % H, t0 = (item % nqb) * tq, t1 = imin(T, t0 + tq);
-        const float *kbh = kh + (b * H + h) * S * D, *vbh = vh + (b * H + h) * S * D;
-        for (int64_t t = t0; t < t1; t++) {
-            const int64_t *it = idx + (b * T + t) * K;
-            const float *qt = q + ((b * T + t) * H + h) * D;
-            float *ot = o + ((b * T + t) * H + h) * D;
-            int n = 0;
-            for (int j = 0; j < K; j++) {
-                const int64_t s = it[j];
-                sel[n] = (int32_t)s;
-                n += (s >= 0) & (s < S);
-            }
-            if (n == 0) {
-                for (int d = 0; d < D; d++) ot[d] = 0.0f;
-                lse[(b * T + t) * H + h] = -INFINITY;
-                continue;
-            }
-            for (int d = 0; d < D; d++) qs[d] = qt[d] * scale;
-            gather_logits(qs, kbh, sel, n, D, l);
-            float m = l[0];
-            for (int j = 1; j < n; j++) m = l[j] > m ? l[j] : m;
-            const float sum = exp_shift(l, n, m);
-            gather_values(l, vbh, sel, n, D, 1.0f / sum, ot);
-            lse[(b * T + t) * H + h] = m + logf(sum);
-        }
-    }
-    free(l), free(sel), free(qs);
-    return 0;
-}
-
-/* ---- sparse attention backward: items are (batch, head) so each worker owns its dK/dV rows (no atomics) ---- */
-
-int sl_sparse_attn_bwd(const float *q, const float *kh, const float *vh, const int64_t *idx, const float *o,
-                       const float *lse, const float *dout, float *dq, float *dkh, float *dvh, int64_t B, int64_t T,
-                       int64_t S, int H, int D, int K, float scale, int64_t *counter) {
-    float *p = malloc(sizeof(float) * (size_t)(K + 8)), *dp = malloc(sizeof(float) * (size_t)(K + 8));
-    int32_t *sel = malloc(sizeof(int32_t) * (size_t)(K + 8));
-    float *qs = malloc(sizeof(float) * (size_t)D), *g = malloc(sizeof(float) * (size_t)D);
-    if (!p || !dp || !sel || !qs || !g) return free(p), free(dp), free(sel), free(qs), free(g), -1;
-    for (int64_t item = next_item(counter); item < B * H; item = next_item(counter)) {
-        const int64_t b = item / H, h = item % H;
-        const float *kbh = kh + item * S * D, *vbh = vh + item * S * D;
-        float *dkbh = dkh + item * S * D, *dvbh = dvh + item * S * D;
-        for (int64_t t = 0; t < T; t++) {
-            const int64_t row = (b * T + t) * H + h;
-            float *dqt = dq + row * D;
-            const float lt = lse[row];
-            for (int d = 0; d < D; d++) dqt[d] = 0.0f;
-            if (lt == -INFINITY) continue;
-            const int64_t *it = idx + (b * T + t) * K;
-            const float *qt = q + row * D, *dot_ = dout + row * D;
-            for (int d = 0; d < D; d++) qs[d] = qt[d] * scale;
-            const float delta = dot(dot_, o + row * D, D);
-            int n = 0;
-            for (int j = 0; j < K; j++) {
-                const int64_t s = it[j];
-                if (s < 0 || s >= S) continue;
-                sel[n] = (int32_t)s, p[n] = dot(qs, kbh + s * D, D), dp[n] = dot(dot_, vbh + s * D, D), n++;
-            }
-            exp_shift(p, n, lt);
-            for (int d = 0; d < D; d++) g[d] = qt[d] * scale;
-            for (int j = 0; j < n; j++) {
-                const float ds = p[j] * (dp[j] - delta);
-                const int64_t s = sel[j];
-                axpy(dqt, ds * scale, kbh + s * D, D);
-                axpy(dkbh + s * D, ds, g, D);
-                axpy(dvbh + s * D, p[j], dot_, D);
-            }
-        }
-    }
-    free(p), free(dp), free(sel), free(qs), free(g);
+    free(val), free(tmp), free(idx);
     return 0;
 }
