@@ -28,15 +28,15 @@ import torch.nn.functional as F
 
 from sparselens.kernels import indexer_scores, indexer_topk, sparse_attention
 from sparselens.kernels.indexer_scores import reference as scores_ref
-from sparselens.kernels.selections import (
+from sparselens.kernels.sparse_attention import reference as attn_ref
+from sparselens.kernels.testing import check_selection, error_ratio, same_selection
+from sparselens.kernels.topk import reference as topk_ref
+from sparselens.kernels.workloads import (
     random_indexer_inputs,
     random_indices,
     sliding_window_indices,
     trained_like_indexer_inputs,
 )
-from sparselens.kernels.sparse_attention import reference as attn_ref
-from sparselens.kernels.testing import check_selection, error_ratio, same_selection
-from sparselens.kernels.topk import reference as topk_ref
 
 L, H, D, K = 32768, 16, 128, 2048  # acceptance size
 HI, DI = 8, 64  # indexer heads and dim at that size
