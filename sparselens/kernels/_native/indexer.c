@@ -19,11 +19,12 @@ const char *sl_isa(void) { return SL_ISA; }
 
 #define NV (PW / VW) /* vectors per panel */
 
-/* out16[i] = sum_j w[j] ReLU(q[j] . key i) for the 16 keys of a panel: per group of 4 heads, 4 x NV accumulators
- * over DI, each FMA lane-wise, then heads folded in order (so both builds give bit-identical scores). */
-static void score_tile(const float *qt, const float *wt, const float *panel, int HP, int DI, float *out16) {
+/* s[v] lane i = sum_j w[j] ReLU(q[j] . key v * VW + i) for the 16 keys of a panel, left in registers: per group of
+ * 4 heads, 4 x NV accumulators over DI, each FMA lane-wise, then heads folded in order (so both builds give
+ * bit-identical scores). */
+static inline __attribute__((always_inline)) void score_vec(const float *qt, const float *wt, const float *panel,
+                                                             int HP, int DI, vf *s) {
     const vf z = v_zero();
-    vf s[NV];
     for (int v = 0; v < NV; v++) s[v] = z;
     for (int g = 0; g < HP; g += 4) {
         const float *q0 = qt + (int64_t)g * DI;
@@ -46,6 +47,12 @@ static void score_tile(const float *qt, const float *wt, const float *panel, int
             for (int v = 0; v < NV; v++) s[v] = v_fma(w, v_max(a[h][v], z), s[v]);
         }
     }
+}
+
+/* out16[i] = the panel's 16 scores (score_vec, stored). */
+static void score_tile(const float *qt, const float *wt, const float *panel, int HP, int DI, float *out16) {
+    vf s[NV];
+    score_vec(qt, wt, panel, HP, DI, s);
     for (int v = 0; v < NV; v++) v_store(out16 + v * VW, s[v]);
 }
 
@@ -141,31 +148,59 @@ static void topk_compact(topk_state *st, int k, int cap, float *tmp) {
     st->n = m, st->thr = lo, st->limit = cap;
 }
 
-/* Appends the finite entries of sc[0..n) above the threshold (+inf and NaN are never allowed, as in the
- * reference); compacts when fewer than 16 free slots remain. */
-static inline void topk_filter(topk_state *st, const float *sc, int n, int64_t base, int k, int cap, float *tmp) {
-    uint32_t mask = 0;
-    if (n == PW) {
+/* Bit i set when lane i of the panel's scores beats the threshold and is finite (+inf and NaN are never allowed,
+ * as in the reference). */
+static inline uint32_t above_mask(const vf *s, float thr) {
 #ifdef SL_AVX512
-        const __m512 x = _mm512_loadu_ps(sc);
-        mask = _mm512_cmp_ps_mask(x, _mm512_set1_ps(st->thr), _CMP_GT_OQ) &
-               _mm512_cmp_ps_mask(x, _mm512_set1_ps(INFINITY), _CMP_LT_OQ);
+    return _mm512_cmp_ps_mask(s[0], _mm512_set1_ps(thr), _CMP_GT_OQ) &
+           _mm512_cmp_ps_mask(s[0], _mm512_set1_ps(INFINITY), _CMP_LT_OQ);
 #else
-        const __m256 t = _mm256_set1_ps(st->thr), inf = _mm256_set1_ps(INFINITY);
-        const __m256 a = _mm256_loadu_ps(sc), b = _mm256_loadu_ps(sc + 8);
-        const __m256 ka = _mm256_and_ps(_mm256_cmp_ps(a, t, _CMP_GT_OQ), _mm256_cmp_ps(a, inf, _CMP_LT_OQ));
-        const __m256 kb = _mm256_and_ps(_mm256_cmp_ps(b, t, _CMP_GT_OQ), _mm256_cmp_ps(b, inf, _CMP_LT_OQ));
-        mask = (uint32_t)_mm256_movemask_ps(ka) | ((uint32_t)_mm256_movemask_ps(kb) << 8);
+    const __m256 t = _mm256_set1_ps(thr), inf = _mm256_set1_ps(INFINITY);
+    const __m256 ka = _mm256_and_ps(_mm256_cmp_ps(s[0], t, _CMP_GT_OQ), _mm256_cmp_ps(s[0], inf, _CMP_LT_OQ));
+    const __m256 kb = _mm256_and_ps(_mm256_cmp_ps(s[1], t, _CMP_GT_OQ), _mm256_cmp_ps(s[1], inf, _CMP_LT_OQ));
+    return (uint32_t)_mm256_movemask_ps(ka) | ((uint32_t)_mm256_movemask_ps(kb) << 8);
 #endif
-    } else
-        for (int i = 0; i < n; i++) mask |= (uint32_t)((sc[i] > st->thr) & (sc[i] < INFINITY)) << i;
-    if (!mask) return;
+}
+
+/* Appends sc[i] for the set bits i of mask; compacts when fewer than 16 free slots remain. */
+static inline void topk_insert(topk_state *st, const float *sc, uint32_t mask, int64_t base, int k, int cap,
+                               float *tmp) {
     while (mask) {
         const int i = __builtin_ctz(mask);
         st->val[st->n] = sc[i], st->idx[st->n] = (int32_t)(base + i), st->n++;
         mask &= mask - 1;
     }
     if (st->n > st->limit - PW) topk_compact(st, k, cap, tmp);
+}
+
+/* Appends the finite entries of sc[0..n) above the threshold. */
+static inline void topk_filter(topk_state *st, const float *sc, int n, int64_t base, int k, int cap, float *tmp) {
+    uint32_t mask = 0;
+    if (n == PW) {
+        vf s[NV];
+        for (int v = 0; v < NV; v++) s[v] = v_load(sc + v * VW);
+        mask = above_mask(s, st->thr);
+    } else {
+        for (int i = 0; i < n; i++) mask |= (uint32_t)((sc[i] > st->thr) & (sc[i] < INFINITY)) << i;
+    }
+    if (mask) topk_insert(st, sc, mask, base, k, cap, tmp);
+}
+
+/* Scores one panel of query t and filters it into st without leaving registers unless a key gets in. */
+static inline void score_filter(topk_state *st, const float *qt, const float *wt, const float *panel, int HP,
+                                int DI, int n, int64_t base, int k, int cap, float *tmp) {
+    vf s[NV];
+    score_vec(qt, wt, panel, HP, DI, s);
+    float sc[PW];
+    if (n == PW) {
+        const uint32_t mask = above_mask(s, st->thr);
+        if (!mask) return;
+        for (int v = 0; v < NV; v++) v_store(sc + v * VW, s[v]);
+        topk_insert(st, sc, mask, base, k, cap, tmp);
+        return;
+    }
+    for (int v = 0; v < NV; v++) v_store(sc + v * VW, s[v]);
+    topk_filter(st, sc, n, base, k, cap, tmp);
 }
 
 /* Writes the kept keys in ascending key order (a bitmap pass over their words), then -1 padding. */
@@ -210,12 +245,40 @@ static void topk_start(topk_state *st, int k, float thr) {
 /* Streams query t's panels [plo, phi] (descending) into st, skipping sampled panels when skip_sampled. */
 static void stream_panels(topk_state *st, const float *qt, const float *wt, const float *kb, int HP, int DI,
                           int64_t plo, int64_t phi, int64_t lim, int skip_sampled, int k, int cap, float *tmp) {
-    float sc[PW];
     for (int64_t p = imin(phi, lim / PW); p >= plo; p--) {
         if (skip_sampled && p % SAMPLE_STRIDE == 0) continue;
-        score_tile(qt, wt, kb + p * DI * PW, HP, DI, sc);
-        topk_filter(st, sc, (int)imin(PW, lim - p * PW + 1), p * PW, k, cap, tmp);
+        score_filter(st, qt, wt, kb + p * DI * PW, HP, DI, (int)imin(PW, lim - p * PW + 1), p * PW, k, cap, tmp);
     }
+}
+
+/* A value at most the r-th largest of a[0..n) and near it, cheaply: the smallest value in the histogram bins (over
+ * [min, max]) from the one holding the r-th largest up; the exact quickselect when the range is degenerate
+ * (all equal, infinite or NaN). Uses tmp for NBINS + n ints (or 2n floats). */
+static float rth_largest_below(const float *a, int n, int r, float *tmp) {
+    vf vmn = v_set1(a[0]), vmx = vmn;
+    int i = 0;
+    for (; i + VW <= n; i += VW) vmn = v_min(vmn, v_load(a + i)), vmx = v_max(vmx, v_load(a + i));
+    float lov[VW], hiv[VW], mn = a[0], mx = a[0];
+    v_store(lov, vmn), v_store(hiv, vmx);
+    for (int u = 0; u < VW; u++) mn = lov[u] < mn ? lov[u] : mn, mx = hiv[u] > mx ? hiv[u] : mx;
+    for (; i < n; i++) mn = a[i] < mn ? a[i] : mn, mx = a[i] > mx ? a[i] : mx;
+    const float scale = (NBINS - 1) / (mx - mn);
+    if (!(scale > 0.0f && scale < INFINITY)) {
+        memcpy(tmp, a, sizeof(float) * (size_t)n);
+        return kth_largest(tmp, tmp + n, n, r);
+    }
+    int32_t *hist = (int32_t *)tmp, *bin = hist + NBINS;
+    memset(hist, 0, sizeof(int32_t) * NBINS);
+    for (i = 0; i < n; i++) { /* vectorised; clamped: a NaN score (not in min/max) lands in bin 0 */
+        const int32_t b = (int32_t)((a[i] - mn) * scale);
+        bin[i] = b < 0 ? 0 : b > NBINS - 1 ? NBINS - 1 : b;
+    }
+    for (i = 0; i < n; i++) hist[bin[i]]++;
+    int top = NBINS - 1, c = hist[top];
+    while (c < r) c += hist[--top];
+    float lo = INFINITY;
+    for (i = 0; i < n; i++) lo = bin[i] >= top && a[i] < lo ? a[i] : lo;
+    return lo;
 }
 
 /* Scores the sampled panels of one query, sets the start threshold and inserts the sample; returns it. */
@@ -231,11 +294,8 @@ static float sample_start(topk_state *st, const float *qt, const float *wt, cons
     }
     const int r = (int)(1.5 * k * m / (double)(lim + 1)) + 8;
     float thr = -INFINITY;
-    if (m > r && r < k) { /* else the sample cannot rule anything out */
-        memcpy(tmp, sval, sizeof(float) * (size_t)m);
-        thr = kth_largest(tmp, tmp + m, m, r);
-        thr = nextafterf(thr, -INFINITY); /* keys equal to the r-th largest still pass the strict filter */
-    }
+    if (m > r && r < k) /* else the sample cannot rule anything out */
+        thr = nextafterf(rth_largest_below(sval, m, r, tmp), -INFINITY); /* keys equal to it still pass the filter */
     topk_start(st, k, thr);
     for (int i0 = 0; i0 < m; i0 += PW) /* the sample enters like the rest; chunk i0/PW = keys from i0*SAMPLE_STRIDE */
         topk_filter(st, sval + i0, m - i0 < PW ? m - i0 : PW, (int64_t)i0 * SAMPLE_STRIDE, k, cap, tmp);
