@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from sparselens.kernels import _native, indexer_topk, topk_indices
+from sparselens.kernels.indexer_scores.cpu import indexer_scores as indexer_scores_cpu
 from sparselens.kernels.indexer_scores.reference import indexer_scores as ref_scores
 from sparselens.kernels.testing import check_selection, same_selection
 from sparselens.kernels.topk import cpu as topk_cpu
@@ -157,3 +158,30 @@ def test_indexer_topk_cpu_never_selects_an_infinite_score(causal):
     got = indexer_topk(x["q"], x["k"], x["w"], k, causal=causal, backend="cpu")
     assert not (got == 777).any()
     assert same_selection(got, reference.indexer_topk(x["q"], x["k"], x["w"], k, causal=causal), scores)
+
+
+@pytest.mark.parametrize("inputs", ["random", "ties"])
+def test_cpu_decoding_selects_what_prefill_selects(inputs, monkeypatch, compiled):
+    """Query t of a prefill (blocked kernel) and the same query decoded alone over its S - T + t + 1 keys (split
+    kernel, several chunks) select the same keys, bit for bit: one scoring tile, one ranking by (score, position)
+    with later keys winning ties. "ties": most scores are exactly 0 (every ReLU off), so the cut falls among them."""
+    B, T, S, HI, DI, k = 1, 40, 2001, 4, 24, 64
+    x = random_indexer_inputs(B, T, S, HI, DI, seed=11)
+    if inputs == "ties":
+        x["q"][..., 1:], x["k"][..., 1:] = 0.0, 0.0
+        x["q"][..., 0], x["w"] = 1.0, x["w"].abs()
+        x["k"][..., 0] = torch.where(torch.rand(B, S) < 0.01, 1.0, -1.0) * torch.rand(B, S)  # ~1% score above 0
+    monkeypatch.setattr(topk_cpu, "SPLIT_MIN_KEYS", 100)
+    prefill = indexer_topk(x["q"], x["k"], x["w"], k, backend="cpu")
+    with torch.no_grad():
+        rows = topk_indices(indexer_scores_cpu(x["q"], x["k"], x["w"]), k, backend="cpu")
+    assert torch.equal(rows, prefill)  # the row top-k over the same scores ranks them the same way
+    scores = ref_scores(x["q"], x["k"], x["w"])
+    for t in (0, 7, 23, T - 1):
+        s1 = S - T + t + 1
+        one = indexer_topk(x["q"][:, t : t + 1], x["k"][:, :s1], x["w"][:, t : t + 1], k, backend="cpu")
+        assert torch.equal(one[0, 0], prefill[0, t]), t
+        if inputs == "ties":  # the zero-score keys taken are the latest ones
+            zeros = prefill[0, t][scores[0, t, prefill[0, t]] == 0]
+            all_zeros = (scores[0, t, :s1] == 0).nonzero().squeeze(1)  # ascending positions
+            assert 0 < len(zeros) < len(all_zeros) and torch.equal(zeros, all_zeros[-len(zeros) :])

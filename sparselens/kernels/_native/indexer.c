@@ -58,11 +58,15 @@ static void score_tile(const float *qt, const float *wt, const float *panel, int
 
 /* ---- running top-k: candidates above a threshold, compacted to the best k when the buffer fills ---- */
 
+/* Candidates of one query's running top-k. The order is (score, key position): of equal scores the later key
+ * ranks higher, so the selection does not depend on the order keys arrive in (blocked prefill, split decoding and
+ * row top-k select the same keys). A key enters when it ranks above (thr, thr_idx). */
 typedef struct {
     float *val;
     int32_t *idx;
     int n, limit; /* candidates held; compaction point (2k + 32 the first time, the full buffer after) */
     float thr;
+    int32_t thr_idx;
 } topk_state;
 
 /* The m-th largest (1-based) of a[0..n), by quickselect with branch-free out-of-place three-way partitions
@@ -89,22 +93,50 @@ static float kth_largest(float *a, float *tmp, int n, int m) {
     return src[lo];
 }
 
-/* Keeps the k best of st's n candidates exactly (all above the k-th largest value, then enough equal to it). */
+/* The m-th largest (1-based) of distinct ints a[0..n) (a and tmp destroyed), as kth_largest. */
+static int32_t kth_largest_i32(int32_t *a, int32_t *tmp, int n, int m) {
+    int lo = 0, hi = n, r = m - 1;
+    int32_t *src = a, *dst = tmp;
+    while (hi - lo > 1) {
+        const int32_t p = src[lo + (hi - lo) / 2];
+        int g = lo, l = hi - 1;
+        for (int i = lo; i < hi; i++) {
+            const int32_t x = src[i];
+            const int gt = x > p, lt = x < p;
+            dst[l + ((g - l) & -gt)] = x;
+            g += gt, l -= lt;
+        }
+        if (r < g) hi = g;
+        else if (r <= l) return p;
+        else lo = l + 1;
+        int32_t *t = src;
+        src = dst, dst = t;
+    }
+    return src[lo];
+}
+
+/* Keeps the k best of st's n candidates exactly: all above the k-th largest value v, then, of those equal to v,
+ * the latest keys. */
 static void topk_compact_exact(topk_state *st, int k, float *tmp) {
     const int n = st->n;
     memcpy(tmp, st->val, sizeof(float) * (size_t)n);
     const float v = kth_largest(tmp, tmp + n, n, k);
-    int ngt = 0;
-    for (int i = 0; i < n; i++) ngt += st->val[i] > v;
-    const int need = k - ngt;
-    int m = 0, eq = 0;
+    int32_t *eq = (int32_t *)tmp, cut = INT32_MAX; /* positions of the candidates equal to v */
+    int ngt = 0, neq = 0;
+    for (int i = 0; i < n; i++) {
+        ngt += st->val[i] > v;
+        if (st->val[i] == v) eq[neq++] = st->idx[i], cut = st->idx[i] < cut ? st->idx[i] : cut;
+    }
+    const int need = k - ngt; /* 1 <= need <= neq */
+    if (need < neq) cut = kth_largest_i32(eq, eq + neq, neq, need);
+    int m = 0;
     for (int i = 0; i < n; i++) {
         const float x = st->val[i];
-        const int e = (x == v) & (eq < need), keep = (x > v) | e;
+        const int keep = (x > v) | ((x == v) & (st->idx[i] >= cut));
         st->val[m] = x, st->idx[m] = st->idx[i];
-        m += keep, eq += e;
+        m += keep;
     }
-    st->n = m, st->thr = v;
+    st->n = m, st->thr = v, st->thr_idx = cut; /* a later key scoring v still outranks (v, cut) */
 }
 
 #define NBINS 512
@@ -138,28 +170,38 @@ static void topk_compact(topk_state *st, int k, int cap, float *tmp) {
     if (c > (k + cap) / 2) return topk_compact_exact(st, k, tmp);
     int m = 0;
     float lo = INFINITY;
+    int32_t lo_idx = INT32_MAX; /* the earliest kept key scoring lo: every kept candidate ranks at least as high */
     for (int i = 0; i < n; i++) {
         const float x = st->val[i];
+        const int32_t j = st->idx[i];
         const int keep = bin[i] >= top;
-        st->val[m] = x, st->idx[m] = st->idx[i];
-        lo = keep && x < lo ? x : lo;
+        st->val[m] = x, st->idx[m] = j;
+        if (keep && (x < lo || (x == lo && j < lo_idx))) lo = x, lo_idx = j;
         m += keep;
     }
-    st->n = m, st->thr = lo, st->limit = cap;
+    st->n = m, st->thr = lo, st->thr_idx = lo_idx, st->limit = cap;
 }
 
-/* Bit i set when lane i of the panel's scores beats the threshold and is finite (+inf and NaN are never allowed,
- * as in the reference). */
-static inline uint32_t above_mask(const vf *s, float thr) {
+/* Bit i set when key base + i (score lane i) ranks above (thr, thr_idx) and its score is finite (+-inf and NaN
+ * are never allowed, as in the reference). */
+static inline uint32_t above_mask(const vf *s, float thr, int32_t thr_idx, int64_t base) {
+    const int64_t d = thr_idx - base; /* lanes after d hold later keys than thr_idx */
+    const uint32_t later = d < 0 ? 0xFFFFu : d >= PW - 1 ? 0u : (0xFFFFu << (d + 1)) & 0xFFFFu;
 #ifdef SL_AVX512
-    return _mm512_cmp_ps_mask(s[0], _mm512_set1_ps(thr), _CMP_GT_OQ) &
-           _mm512_cmp_ps_mask(s[0], _mm512_set1_ps(INFINITY), _CMP_LT_OQ);
+    const __m512 t = _mm512_set1_ps(thr), inf = _mm512_set1_ps(INFINITY);
+    const uint32_t gt = _mm512_cmp_ps_mask(s[0], t, _CMP_GT_OQ), eq = _mm512_cmp_ps_mask(s[0], t, _CMP_EQ_OQ);
+    const uint32_t fin = _mm512_cmp_ps_mask(s[0], inf, _CMP_LT_OQ) & _mm512_cmp_ps_mask(s[0], -inf, _CMP_GT_OQ);
 #else
-    const __m256 t = _mm256_set1_ps(thr), inf = _mm256_set1_ps(INFINITY);
-    const __m256 ka = _mm256_and_ps(_mm256_cmp_ps(s[0], t, _CMP_GT_OQ), _mm256_cmp_ps(s[0], inf, _CMP_LT_OQ));
-    const __m256 kb = _mm256_and_ps(_mm256_cmp_ps(s[1], t, _CMP_GT_OQ), _mm256_cmp_ps(s[1], inf, _CMP_LT_OQ));
-    return (uint32_t)_mm256_movemask_ps(ka) | ((uint32_t)_mm256_movemask_ps(kb) << 8);
+    const __m256 t = _mm256_set1_ps(thr), inf = _mm256_set1_ps(INFINITY), ninf = _mm256_set1_ps(-INFINITY);
+    uint32_t gt = 0, eq = 0, fin = 0;
+    for (int v = 0; v < 2; v++) {
+        gt |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(s[v], t, _CMP_GT_OQ)) << (8 * v);
+        eq |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(s[v], t, _CMP_EQ_OQ)) << (8 * v);
+        fin |= (uint32_t)_mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(s[v], inf, _CMP_LT_OQ),
+                                                          _mm256_cmp_ps(s[v], ninf, _CMP_GT_OQ))) << (8 * v);
+    }
 #endif
+    return (gt | (eq & later)) & fin;
 }
 
 /* Appends sc[i] for the set bits i of mask; compacts when fewer than 16 free slots remain. */
@@ -179,9 +221,13 @@ static inline void topk_filter(topk_state *st, const float *sc, int n, int64_t b
     if (n == PW) {
         vf s[NV];
         for (int v = 0; v < NV; v++) s[v] = v_load(sc + v * VW);
-        mask = above_mask(s, st->thr);
+        mask = above_mask(s, st->thr, st->thr_idx, base);
     } else {
-        for (int i = 0; i < n; i++) mask |= (uint32_t)((sc[i] > st->thr) & (sc[i] < INFINITY)) << i;
+        for (int i = 0; i < n; i++) {
+            const float x = sc[i];
+            const int above = (x > st->thr) | ((x == st->thr) & (base + i > st->thr_idx));
+            mask |= (uint32_t)(above & (x < INFINITY) & (x > -INFINITY)) << i;
+        }
     }
     if (mask) topk_insert(st, sc, mask, base, k, cap, tmp);
 }
@@ -193,7 +239,7 @@ static inline void score_filter(topk_state *st, const float *qt, const float *wt
     score_vec(qt, wt, panel, HP, DI, s);
     float sc[PW];
     if (n == PW) {
-        const uint32_t mask = above_mask(s, st->thr);
+        const uint32_t mask = above_mask(s, st->thr, st->thr_idx, base);
         if (!mask) return;
         for (int v = 0; v < NV; v++) v_store(sc + v * VW, s[v]);
         topk_insert(st, sc, mask, base, k, cap, tmp);
@@ -239,7 +285,7 @@ static int topk_cap(int k) { return 4 * k + 2 * PW; }
 #define SAMPLE_STRIDE 8
 
 static void topk_start(topk_state *st, int k, float thr) {
-    st->n = 0, st->limit = 2 * k + 2 * PW, st->thr = thr;
+    st->n = 0, st->limit = 2 * k + 2 * PW, st->thr = thr, st->thr_idx = INT32_MIN;
 }
 
 /* Streams query t's panels [plo, phi] (descending) into st, skipping sampled panels when skip_sampled. */
@@ -323,7 +369,7 @@ int sl_indexer_topk(const float *q, const float *kp, const float *w, int64_t *ou
         for (int64_t t = t0; t < t1; t++) {
             const int64_t lim = causal ? imin(S - 1, S - T + t) : S - 1;
             const float *qt = q + (b * T + t) * HP * DI, *wt = w + (b * T + t) * HP;
-            st[t - t0] = (topk_state){val + (t - t0) * cap, idx + (t - t0) * cap, 0, 2 * k + 2 * PW, -INFINITY};
+            st[t - t0] = (topk_state){val + (t - t0) * cap, idx + (t - t0) * cap, 0, 2 * k + 2 * PW, -INFINITY, INT32_MIN};
             start[t - t0] = lim < 0 ? -INFINITY : sample_start(&st[t - t0], qt, wt, kb, HP, DI, lim, k, cap, sval,
                                                                 tmp);
         }
@@ -394,7 +440,7 @@ int sl_topk_rows(const float *scores, int64_t *out, int64_t R, int64_t S, int k,
     uint64_t *bits = calloc((size_t)(S + 63) / 64 + 1, sizeof(uint64_t));
     if (!val || !tmp || !idx || !bits) return free(val), free(tmp), free(idx), free(bits), -1;
     for (int64_t r = next_item(counter); r < R; r = next_item(counter)) {
-        topk_state st = {val, idx, 0, 2 * k + 2 * PW, -INFINITY};
+        topk_state st = {val, idx, 0, 2 * k + 2 * PW, -INFINITY, INT32_MIN};
         const float *row = scores + r * S;
         for (int64_t s0 = 0; s0 < S; s0 += PW) {
             const int n = (int)imin(PW, S - s0);
@@ -434,97 +480,118 @@ int sl_rows_canonical(const int64_t *idx, int64_t R, int K, int64_t S, int64_t *
 }
 
 
-/* ---- fused indexer top-k for few queries (decoding): items are (batch, query, key chunk) ----
+/* ---- fused indexer top-k for few queries (decoding): items are (batch, key chunk) ----
  *
  * With a handful of queries the blocked kernel above has one item per batch row, so one thread would scan every
- * key, and packing the keys into panels would cost more than scoring them. Here keys are read as rows of k
- * [B,S,DI]: each item scores one query against one chunk of keys (4 keys x 4 heads of dot products at a time,
- * summed across lanes) and keeps the chunk's exact top k (values and positions, unordered, -inf/-1 padded);
- * the caller merges the chunks. */
+ * key, and packing the whole key cache into panels would cost more than scoring it. Here each item takes one
+ * chunk of keys, read as rows of k [B,S,DI]: every 16 keys are transposed into a panel on the fly (in registers,
+ * 16x16 or 8x8 blocks) and scored for each of the T queries by the same tile as the blocked kernel, so decoding
+ * computes bit for bit the scores a prefill computes, and the running top-k ranks them the same way. Each item
+ * writes every query's exact top k of its chunk (values and positions, unordered, -inf/-1 padded); the caller
+ * merges the chunks by (score, position). */
 
 #if VW == 16
-/* out lane i = sum of the lanes of acc[i] (16 vectors -> 1) */
-static inline vf reduce_lanes(const vf *acc) {
-    vf w[16], t[8], u[4];
-    for (int p = 0; p < 16; p++) w[p] = acc[(p % 4) * 4 + p / 4]; /* the tree below leaves sum(w[4m+l]) at 4l+m */
-    for (int i = 0; i < 8; i++)
-        t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x44),
-                             _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xEE));
-    for (int j = 0; j < 4; j++)
-        u[j] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * j], t[2 * j + 1], 0x88),
-                             _mm512_shuffle_f32x4(t[2 * j], t[2 * j + 1], 0xDD));
-    const vf x = _mm512_add_ps(_mm512_unpacklo_ps(u[0], u[1]), _mm512_unpackhi_ps(u[0], u[1]));
-    const vf y = _mm512_add_ps(_mm512_unpacklo_ps(u[2], u[3]), _mm512_unpackhi_ps(u[2], u[3]));
-    return _mm512_add_ps(_mm512_shuffle_ps(x, y, 0x44), _mm512_shuffle_ps(x, y, 0xEE));
-}
-#else
-/* out lane i = sum of the lanes of acc[i] (8 vectors -> 1) */
-static inline vf reduce_lanes(const vf *acc) {
-    const __m256 s0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-    const __m256 s1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
-    return _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
+/* Rows r[0..16) of 16 floats -> r[i] lane j = old r[j] lane i. */
+static inline void transpose16(__m512 *r) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
+        t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xDD);
+        t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+        t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xDD);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+        r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xDD);
+        r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
+        r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xDD);
+    }
 }
 #endif
 
-#define RH (VW / 4) /* heads per block of VW (head, key) dot products over 4 keys */
-
-/* out4[i] = sum_j w[j] ReLU(q[j] . k_i) for the 4 key rows k0 + i * DI (DI contiguous floats each). */
-static void score_rows4(const float *qt, const float *wt, const float *k0, int HP, int DI, float *out4) {
-    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, l[VW];
-    for (int g = 0; g < HP; g += RH) {
-        vf acc[VW];
-        for (int i = 0; i < VW; i++) acc[i] = v_zero();
-        int d = 0;
-        for (; d + VW <= DI; d += VW)
-            for (int u = 0; u < 4; u++) {
-                const vf kv = v_load(k0 + (int64_t)u * DI + d);
-                for (int h = 0; h < RH; h++) acc[h * 4 + u] = v_fma(v_load(qt + (int64_t)(g + h) * DI + d), kv, acc[h * 4 + u]);
-            }
-        if (d < DI)
-            for (int u = 0; u < 4; u++) {
-                const vf kv = v_load_n(k0 + (int64_t)u * DI + d, DI - d);
-                for (int h = 0; h < RH; h++)
-                    acc[h * 4 + u] = v_fma(v_load_n(qt + (int64_t)(g + h) * DI + d, DI - d), kv, acc[h * 4 + u]);
-            }
-        v_store(l, reduce_lanes(acc)); /* l[h * 4 + u] = q[g + h] . k_u */
-        for (int h = 0; h < RH; h++)
-            for (int u = 0; u < 4; u++) s[u] = fmaf(wt[g + h], l[h * 4 + u] > 0.0f ? l[h * 4 + u] : 0.0f, s[u]);
+/* Rows r[0..8) of 8 floats -> r[i] lane j = old r[j] lane i. */
+static inline void transpose8(__m256 *r) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
     }
-    memcpy(out4, s, sizeof s);
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+        r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+    }
+}
+
+/* panel[d * 16 + i] = dim d of key row i for i < n (zeros after), d < DI: 16 rows of k [.., DI] -> one panel. */
+static void pack_panel(const float *krows, int n, int DI, float *panel) {
+#if VW == 16
+    for (int d0 = 0; d0 < DI; d0 += 16) {
+        const int w = DI - d0 < 16 ? DI - d0 : 16;
+        __m512 r[16];
+        for (int i = 0; i < 16; i++) r[i] = i < n ? v_load_n(krows + (int64_t)i * DI + d0, w) : v_zero();
+        transpose16(r);
+        for (int d = 0; d < w; d++) _mm512_storeu_ps(panel + (d0 + d) * PW, r[d]);
+    }
+#else
+    for (int i0 = 0; i0 < PW; i0 += 8)
+        for (int d0 = 0; d0 < DI; d0 += 8) {
+            const int w = DI - d0 < 8 ? DI - d0 : 8;
+            __m256 r[8];
+            for (int i = 0; i < 8; i++)
+                r[i] = i0 + i < n ? v_load_n(krows + (int64_t)(i0 + i) * DI + d0, w) : v_zero();
+            transpose8(r);
+            for (int d = 0; d < w; d++) _mm256_storeu_ps(panel + (d0 + d) * PW + i0, r[d]);
+        }
+#endif
 }
 
 int sl_indexer_topk_split(const float *q, const float *k, const float *w, float *val_out, int64_t *idx_out, int64_t B,
                           int64_t T, int64_t S, int HP, int DI, int causal, int topk, int64_t chunk, int64_t nchunk,
                           int64_t *counter) {
     const int cap = topk_cap(topk);
-    float *val = malloc(sizeof(float) * (size_t)cap), *tmp = malloc(sizeof(float) * (2 * (size_t)cap + NBINS));
-    int32_t *idx = malloc(sizeof(int32_t) * (size_t)cap);
-    if (!val || !tmp || !idx) return free(val), free(tmp), free(idx), -1;
-    float sc[PW];
-    for (int64_t item = next_item(counter); item < B * T * nchunk; item = next_item(counter)) {
-        const int64_t bt = item / nchunk, c = item % nchunk, b = bt / T, t = bt % T;
-        const int64_t lim = causal ? imin(S - 1, S - T + t) : S - 1, s_end = imin(lim + 1, (c + 1) * chunk);
-        const float *qt = q + bt * HP * DI, *wt = w + bt * HP, *kb = k + b * S * DI;
-        topk_state st = {val, idx, 0, 2 * topk + 2 * PW, -INFINITY};
-        for (int64_t s0 = c * chunk; s0 < s_end; s0 += PW) {
-            const int n = (int)imin(PW, s_end - s0);
-            int i = 0;
-            for (; i + 4 <= n; i += 4) score_rows4(qt, wt, kb + (s0 + i) * DI, HP, DI, sc + i);
-            for (; i < n; i++) { /* the chunk's last 1-3 keys */
-                float s = 0.0f;
-                for (int h = 0; h < HP; h++) {
-                    const float l = dot(qt + (int64_t)h * DI, kb + (s0 + i) * DI, DI);
-                    s = fmaf(wt[h], l > 0.0f ? l : 0.0f, s);
-                }
-                sc[i] = s;
+    float *val = malloc(sizeof(float) * (size_t)T * cap), *tmp = malloc(sizeof(float) * (2 * (size_t)cap + NBINS));
+    float *panel = malloc(sizeof(float) * (size_t)DI * PW);
+    int32_t *idx = malloc(sizeof(int32_t) * (size_t)T * cap);
+    topk_state *st = malloc(sizeof(topk_state) * (size_t)T);
+    if (!val || !tmp || !panel || !idx || !st) return free(val), free(tmp), free(panel), free(idx), free(st), -1;
+    for (int64_t item = next_item(counter); item < B * nchunk; item = next_item(counter)) {
+        const int64_t b = item / nchunk, c = item % nchunk, c0 = c * chunk, c1 = imin(S, c0 + chunk);
+        for (int64_t t = 0; t < T; t++)
+            st[t] = (topk_state){val + t * cap, idx + t * cap, 0, 2 * topk + 2 * PW, -INFINITY, INT32_MIN};
+        for (int64_t s0 = c0; s0 < c1; s0 += PW) {
+            pack_panel(k + (b * S + s0) * DI, (int)imin(PW, c1 - s0), DI, panel);
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t lim = causal ? imin(S - 1, S - T + t) : S - 1; /* query t's last key */
+                const int n = (int)imin(PW, imin(c1, lim + 1) - s0);
+                if (n > 0)
+                    score_filter(&st[t], q + (b * T + t) * HP * DI, w + (b * T + t) * HP, panel, HP, DI, n, s0, topk,
+                                 cap, tmp);
             }
-            topk_filter(&st, sc, n, s0, topk, cap, tmp);
         }
-        if (st.n > topk) topk_compact_exact(&st, topk, tmp);
-        float *vo = val_out + item * topk;
-        int64_t *io = idx_out + item * topk;
-        for (int i = 0; i < topk; i++) vo[i] = i < st.n ? st.val[i] : -INFINITY, io[i] = i < st.n ? st.idx[i] : -1;
+        for (int64_t t = 0; t < T; t++) {
+            if (st[t].n > topk) topk_compact_exact(&st[t], topk, tmp);
+            float *vo = val_out + ((b * T + t) * nchunk + c) * topk;
+            int64_t *io = idx_out + ((b * T + t) * nchunk + c) * topk;
+            for (int i = 0; i < topk; i++)
+                vo[i] = i < st[t].n ? st[t].val[i] : -INFINITY, io[i] = i < st[t].n ? st[t].idx[i] : -1;
+        }
     }
-    free(val), free(tmp), free(idx);
+    free(val), free(tmp), free(panel), free(idx), free(st);
     return 0;
 }

@@ -4,8 +4,10 @@ The fused kernel scores a block of queries against a block of 16-key panels in r
 16 scores straight into a per-query running top-k (a candidate buffer of ~4k above a threshold, compacted with a
 histogram when full, see README.md), so the [T, S] score matrix never exists. Panels are swept from the query's
 own position backwards: recent keys usually score high, which raises the threshold early. With a few queries
-(decoding: T <= SPLIT_MAX_T) the keys are instead split into chunks scored straight from k's rows (no panel copy
-of the whole cache per step) on every thread, and the chunks' top-k are merged. Without the compiled library both
+(decoding: T <= SPLIT_MAX_T) the keys are instead split into chunks on every thread, read from k's rows and
+transposed into panels on the fly (no packed copy of the whole cache per step), and the chunks' top-k are merged.
+Both compute the same scores bit for bit and rank them by (score, key position), later keys winning ties, so a
+decoding step selects exactly the keys the prefill of the same tokens selects. Without the compiled library both
 ops fall back to torch (the indexer in query chunks, so memory stays bounded).
 """
 
@@ -38,34 +40,41 @@ def _indexer_topk_native(q, k, w, topk, causal):
     return out
 
 
-def _split_chunks(B: int, T: int, S: int) -> tuple[int, int]:
-    """(keys per chunk, chunks) so that B * T * chunks items keep every thread busy, chunks >= SPLIT_MIN_KEYS."""
-    want = -(-2 * torch.get_num_threads() // max(1, B * T))  # two items per thread balance uneven causal ranges
+def _split_chunks(B: int, S: int) -> tuple[int, int]:
+    """(keys per chunk, chunks) so that B * chunks items keep every thread busy, chunks >= SPLIT_MIN_KEYS."""
+    want = -(-2 * torch.get_num_threads() // max(1, B))  # two items per thread balance uneven chunks
     n = max(1, min(want, -(-S // SPLIT_MIN_KEYS)))
     per_chunk = -(-S // n)
     chunk = max(16, -(-per_chunk // 16) * 16)  # a multiple of 16 keys
     return chunk, max(1, -(-S // chunk))
 
 
+def merge_chunks(vals: torch.Tensor, idx: torch.Tensor, topk: int, S: int) -> torch.Tensor:
+    """The best `topk` of candidates vals/idx [B, T, C] by (score, key position), as `topk_indices` lays them out:
+    ascending positions, -1 padding (candidates scoring -inf are padding)."""
+    by_pos = idx.argsort(dim=-1, descending=True, stable=True)  # later keys first among equal scores below
+    vals, idx = vals.gather(-1, by_pos), idx.gather(-1, by_pos)
+    best = vals.argsort(dim=-1, descending=True, stable=True)[..., :topk]  # [B, T, topk]
+    sel = idx.gather(-1, best).masked_fill(vals.gather(-1, best) == float("-inf"), S)
+    sel = sel.sort(dim=-1).values  # ascending positions, padding (= S) last
+    return sel.masked_fill(sel == S, -1)
+
+
 def _indexer_topk_split(q, k, w, topk, causal):
-    """Few queries: each (query, key chunk) item keeps its chunk's top k; the chunks are merged here."""
+    """Few queries: each (batch row, key chunk) item keeps every query's top k of its chunk; merged here."""
     B, T, S, DI = q.shape[0], q.shape[1], k.shape[1], q.shape[3]
     qp, wp = pad_heads(q.detach(), w.detach())
     kc = k.detach().float().contiguous()  # [B, S, DI] rows, read in place
-    chunk, n_chunks = _split_chunks(B, T, S)
-    vals = empty_output(B * T * n_chunks, topk, dtype=torch.float32)
-    idx = empty_output(B * T * n_chunks, topk, dtype=torch.int64)
+    chunk, n_chunks = _split_chunks(B, S)
+    vals = empty_output(B, T, n_chunks * topk, dtype=torch.float32)
+    idx = empty_output(B, T, n_chunks * topk, dtype=torch.int64)
     _native.launch(
         "sl_indexer_topk_split",
         *(_native.ptr(x) for x in (qp, kc, wp, vals, idx)),
         B, T, S, qp.shape[2], DI, int(causal), topk, chunk, n_chunks,
-        n_items=B * T * n_chunks,
+        n_items=B * n_chunks,
     )  # fmt: skip
-    vals, idx = vals.view(B, T, n_chunks * topk), idx.view(B, T, n_chunks * topk)  # chunks side by side
-    best = vals.topk(topk, dim=-1)  # [B, T, topk], -inf where fewer than topk keys are allowed
-    sel = idx.gather(-1, best.indices).masked_fill(best.values == float("-inf"), S)
-    sel = sel.sort(dim=-1).values  # ascending positions, padding (= S) last
-    return sel.masked_fill(sel == S, -1)
+    return merge_chunks(vals, idx, topk, S)
 
 
 def _indexer_topk_chunked(q, k, w, topk, causal):
