@@ -1,4 +1,4 @@
-"""Build, pick, cache and call the compiled CPU kernels (`indexer.c`, `attention.c`; plain C through ctypes).
+"""Build, pick, cache and call the compiled CPU kernels (`indexer.c`, `attention.c`: plain C through ctypes).
 
 The kernels are compiled on first use with the system C compiler (`$CC`, else `cc`/`gcc`/`clang`; about a second
 each: no Python or torch headers are involved), once per instruction set: `avx512` (-mavx512f/vl/bw/dq) and
@@ -29,7 +29,7 @@ import torch
 
 HERE = Path(__file__).parent
 SOURCES = [HERE / "indexer.c", HERE / "attention.c"]
-HEADERS = [HERE / "simd.h"]
+HEADERS = [HERE / "simd.h", HERE / "topk.h"]
 ISAS = ("avx512", "avx2")  # compiled builds, best first; "torch" is the fallback after them
 COMMON_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
 ISA_FLAGS = {

@@ -14,7 +14,7 @@ from sparselens.kernels import _native
 from sparselens.kernels._checks import check_indexer_args, empty_output
 from sparselens.kernels.indexer_scores import reference
 
-PANEL = 16  # keys per packed panel, fixed by dsa.c
+PANEL = 16  # keys per packed panel, fixed by _native/indexer.c
 QUERY_BLOCK = 32  # queries sharing one sweep over a block of key panels
 PANEL_BYTES = 128 * 1024  # key panels per sweep sized to stay in L2
 BWD_CHUNK_ELEMS = 1 << 24  # [B, Tc, HI, S] logits elements recomputed at once in the backward
