@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kernels"))  # the earlier build, kept there
 from test_sparse_attention_lists import _build_block_lists_scatter  # noqa: E402
 
-from sparselens.kernels.selections import sliding_window_indices  # noqa: E402
 from sparselens.kernels.sparse_attention import triton as attn_triton  # noqa: E402
 from sparselens.kernels.sparse_attention.reference import canonical_indices  # noqa: E402
+from sparselens.kernels.workloads import sliding_window_indices  # noqa: E402
 
 SIZES = {  # problem sizes per device (not run presets: those live in sparselens/config/presets.py)
     "cpu": dict(T=4096, S=4096, K=256, reps=3),

@@ -28,10 +28,10 @@ def split(mode: str, idx: torch.Tensor, qkv: tuple, sdpa_ms: float) -> None:
     q, k, v = qkv
     L, D = q.shape[1], q.shape[3]
     for bm, bn in TILES:
+        attn_triton.BLOCK_M, attn_triton.BLOCK_N = bm, bn  # multi-head: bm queries per tile
         _, build = gc.bench_ms(lambda bm=bm, bn=bn: attn_triton.build_block_lists(idx, L, L, bm, bn))
         lists = attn_triton.build_block_lists(idx, L, L, bm, bn)
         _, kern = gc.bench_ms(lambda lists=lists: attn_triton.sparse_attention_fwd(q, k, v, lists, D**-0.5))
-        attn_triton.BLOCK_M, attn_triton.BLOCK_N = bm, bn
         _, total = gc.bench_ms(lambda: sparse_attention(q, k, v, idx, backend="triton"))
         causal_tiles = sum(-(-min(L, (i + 1) * bm) // bn) for i in range(-(-L // bm)))
         touched = lists["q_cnt"].sum().item() / causal_tiles

@@ -4,9 +4,10 @@ Every op takes `backend=None | "reference" | "cpu" | "triton"`:
 
 - `"reference"`: plain torch fp32 (`<op>/reference.py`), the specification; autograd gives the backward.
 - `"cpu"`: the CPU fast path (`<op>/cpu.py`): C kernels compiled on first use (`_native/`, needs a C compiler),
-  else a pure-torch fallback; sparse attention and indexer scores carry their own backward. CPU tensors only.
+  AVX-512 or AVX2 as the CPU allows (`SPARSELENS_CPU_ISA=avx512|avx2|torch` forces one), else a pure-torch
+  fallback; sparse attention and indexer scores carry their own backward. CPU tensors only.
 - `"triton"`: Triton kernels (`<op>/triton.py`) for CUDA tensors, or CPU tensors under `TRITON_INTERPRET=1`.
-  Selection has no Triton kernel: on `"triton"` it runs `torch.topk`, which is the fast path on a GPU.
+  Selection has no Triton kernel: on `"triton"` it runs Triton scores then `torch.topk` (`topk/unfused.py`).
 - `None`: the fastest correct backend for the tensors' device: `"cpu"` on CPU, `"triton"` on CUDA when Triton is
   importable (else `"reference"`).
 """
@@ -24,7 +25,7 @@ _MODULES = {
         "triton": "indexer_scores.triton",
     },
     "topk_indices": {"reference": "topk.reference", "cpu": "topk.cpu", "triton": "topk.reference"},
-    "indexer_topk": {"reference": "topk.reference", "cpu": "topk.cpu", "triton": "topk.triton"},
+    "indexer_topk": {"reference": "topk.reference", "cpu": "topk.cpu", "triton": "topk.unfused"},
     "sparse_attention": {
         "reference": "sparse_attention.reference",
         "cpu": "sparse_attention.cpu",
@@ -98,10 +99,12 @@ def sparse_attention(
     scale: float | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Attention over selected keys: q [B,T,H,D], k/v [B,S,H,D], indices [B,T,K] (shared by heads) -> [B,T,H,D].
+    """Attention over selected keys: q [B,T,H,D], k/v [B,S,HKV,D], indices [B,T,K] (shared by heads) -> [B,T,H,D].
 
-    A row of indices is a set (a repeated index counts once); indices outside [0, S) (e.g. -1) are ignored; a
-    query with no valid index returns zeros; scale defaults to D ** -0.5. Differentiable in q, k, v everywhere.
+    H % HKV == 0 and query head h reads K/V head h // (H // HKV), SDPA's enable_gqa convention (HKV = H: MHA,
+    HKV = 1: MQA). A row of indices is a set (a repeated index counts once); indices outside [0, S) (e.g. -1) are
+    ignored; a query with no valid index returns zeros; scale defaults to D ** -0.5. Query t may sit anywhere: the
+    indices say which keys it reads. Differentiable in q, k, v everywhere.
     """
     return _impl("sparse_attention", q.device, backend)(q, k, v, indices, scale=scale)
 

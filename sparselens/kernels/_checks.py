@@ -34,18 +34,24 @@ def check_scores(scores: torch.Tensor) -> None:
 
 def check_attention_args(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor
-) -> tuple[int, int, int, int, int, int]:
-    """Validate q[B,T,H,D], k[B,S,H,D], v[B,S,H,D], indices[B,T,K]; returns (B, T, S, H, D, K)."""
+) -> tuple[int, int, int, int, int, int, int]:
+    """Validate q[B,T,H,D], k[B,S,HKV,D], v[B,S,HKV,D], indices[B,T,K] with H % HKV == 0 (query head h reads K/V
+    head h // (H // HKV)); returns (B, T, S, H, HKV, D, K)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or indices.dim() != 3:
         raise ValueError(
-            f"sparse_attention expects q[B,T,H,D], k/v[B,S,H,D], indices[B,T,K]; got q{list(q.shape)}, "
+            f"sparse_attention expects q[B,T,H,D], k/v[B,S,HKV,D], indices[B,T,K]; got q{list(q.shape)}, "
             f"k{list(k.shape)}, v{list(v.shape)}, indices{list(indices.shape)}"
         )
     B, T, H, D = q.shape
-    S = k.shape[1]
-    if tuple(k.shape) != (B, S, H, D) or tuple(v.shape) != (B, S, H, D):
+    S, HKV = k.shape[1], k.shape[2]
+    if k.shape[0] != B or k.shape[3] != D or tuple(v.shape) != tuple(k.shape):
         raise ValueError(
-            f"k{list(k.shape)} and v{list(v.shape)} must both be [B={B}, S, H={H}, D={D}] to match q{list(q.shape)}"
+            f"k{list(k.shape)} and v{list(v.shape)} must both be [B={B}, S, HKV, D={D}] to match q{list(q.shape)}"
+        )
+    if HKV == 0 or H % HKV != 0:
+        raise ValueError(
+            f"q has H={H} heads and k/v have HKV={HKV}: H must be a multiple of HKV (each group of H // HKV query "
+            "heads shares one K/V head); use HKV = H (MHA), a divisor of H (GQA) or 1 (MQA)"
         )
     if tuple(indices.shape[:2]) != (B, T):
         raise ValueError(f"indices{list(indices.shape)} must be [B={B}, T={T}, K]: one index list per query")
@@ -53,7 +59,7 @@ def check_attention_args(
         raise ValueError(f"indices must be int64 or int32, got {indices.dtype}: use topk_indices' output")
     if not (q.device == k.device == v.device == indices.device):
         raise ValueError("q, k, v and indices must be on one device: move them with .to(q.device)")
-    return B, T, S, H, D, indices.shape[2]
+    return B, T, S, H, HKV, D, indices.shape[2]
 
 
 POISON_OUTPUTS = False  # tests set this so kernel outputs start as NaN (floats) / -7 (ints): unwritten entries fail

@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from sparselens.kernels.selections import random_indices, sliding_window_indices
 from sparselens.kernels.sparse_attention.reference import canonical_indices
+from sparselens.kernels.workloads import random_indices, sliding_window_indices
 
 
 def _build_block_lists_scatter(indices, T, S, BM, BN):

@@ -1,10 +1,13 @@
-"""Build, cache and call the compiled CPU kernels in `dsa.c` (plain C through ctypes).
+"""Build, pick, cache and call the compiled CPU kernels (`indexer.c`, `attention.c`: plain C through ctypes).
 
-The library is compiled on first use with the system C compiler (`$CC`, else `cc`/`gcc`) at `-O3 -march=native`
-(about a second: no Python or torch headers are involved) and cached under `$SPARSELENS_KERNEL_CACHE` (default
-`~/.cache/sparselens/kernels`), keyed by the source, the flags, the compiler and the CPU model, so a shared home
-directory never serves a library built for another CPU. When no compiler is found, the build fails, or
-`SPARSELENS_NO_NATIVE=1` is set, `library()` returns None and the CPU backends fall back to pure torch.
+The kernels are compiled on first use with the system C compiler (`$CC`, else `cc`/`gcc`/`clang`; about a second
+each: no Python or torch headers are involved), once per instruction set: `avx512` (-mavx512f/vl/bw/dq) and
+`avx2` (-mavx2 -mfma). Which one runs is chosen at run time: a tiny probe (`probe.c`, compiled without any
+instruction-set flag, so safe on every CPU) asks the CPU through `__builtin_cpu_supports`, and the best build it
+supports is loaded; on a CPU with neither, or without a compiler, the CPU backends fall back to pure torch.
+`SPARSELENS_CPU_ISA=avx512|avx2|torch` forces a path (an instruction set the CPU lacks is an error, never a
+crash); `SPARSELENS_NO_NATIVE=1` is the same as `torch`. Builds are cached under `$SPARSELENS_KERNEL_CACHE`
+(default `~/.cache/sparselens/kernels`), keyed by the sources, the flags, the compiler and the CPU model.
 
 Parallelism: each kernel pulls work items from a shared atomic counter; `launch` calls it from
 `torch.get_num_threads()` threads at once (ctypes releases the GIL), so no second OpenMP runtime is loaded.
@@ -24,21 +27,30 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("dsa.c")
-FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
+HERE = Path(__file__).parent
+SOURCES = [HERE / "indexer.c", HERE / "attention.c"]
+HEADERS = [HERE / "simd.h", HERE / "topk.h"]
+ISAS = ("avx512", "avx2")  # compiled builds, best first; "torch" is the fallback after them
+COMMON_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
+ISA_FLAGS = {
+    "avx512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"],
+    "avx2": ["-mavx2", "-mfma"],
+}
+PATHS = (*ISAS, "torch")
 _I64, _I32, _F32, _P = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
 _CTR = ctypes.POINTER(ctypes.c_int64)
 _SIGNATURES = {
-    # name: ctypes argument types, matching the C prototypes in dsa.c; the last one is the shared work counter
+    # name: ctypes argument types, matching the C prototypes; the last one is the shared work counter
     "sl_indexer_topk": [_P, _P, _P, _P, _I64, _I64, _I64, _I32, _I32, _I32, _I32, _I32, _I32, _CTR],
+    "sl_indexer_topk_split": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I32, _I32, _I32, _I32, _I64, _I64, _CTR],
     "sl_indexer_scores": [_P, _P, _P, _P, _I64, _I64, _I64, _I32, _I32, _I32, _I32, _I32, _CTR],
     "sl_topk_rows": [_P, _P, _I64, _I64, _I32, _CTR],
     "sl_rows_canonical": [_P, _I64, _I32, _I64, _P, _CTR],
-    "sl_sparse_attn_fwd": [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I32, _I32, _I32, _F32, _I32, _CTR],
-    "sl_sparse_attn_bwd": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I32, _I32, _I32, _F32, _CTR],
+    "sl_sparse_attn_fwd": [_P, _P, _P, _P, _P, _P, *[_I64] * 3, *[_I32] * 4, _F32, *[_I64] * 3, _I32, _CTR],
+    "sl_sparse_attn_bwd": [*[_P] * 10, *[_I64] * 3, *[_I32] * 4, _F32, *[_I64] * 3, _CTR],
 }
 _lock = threading.Lock()
-_state: dict[str, object] = {}
+_state: dict[str, object] = {"libs": {}}
 
 
 def _cpu_model() -> str:
@@ -58,52 +70,110 @@ def _compiler() -> str | None:
     return None
 
 
-def _build(cc: str) -> Path:
+def _build(cc: str, name: str, sources: list[Path], flags: list[str]) -> Path:
+    """Compile `sources` into a cached shared library (built under a temporary name, then renamed: atomic)."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_model()]).encode()).hexdigest()
+    texts = [p.read_text() for p in (*sources, *HEADERS)]
+    key = hashlib.sha256("\n".join([*texts, " ".join(flags), version, _cpu_model()]).encode()).hexdigest()
     cache = Path(os.environ.get("SPARSELENS_KERNEL_CACHE", Path.home() / ".cache" / "sparselens" / "kernels"))
-    target = cache / f"dsa-{key[:16]}.so"
+    target = cache / f"{name}-{key[:16]}.so"
     if target.exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         out = Path(tmp) / target.name
-        proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True)
+        cmd = [cc, *flags, *map(str, sources), "-o", str(out), "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"{cc} failed to build {SOURCE.name}:\n{proc.stderr[-2000:]}")
-        os.replace(out, target)  # atomic: a concurrent build of the same key is harmless
+            raise RuntimeError(f"{cc} failed to build {name}:\n{proc.stderr[-2000:]}")
+        os.replace(out, target)  # a concurrent build of the same key is harmless
     return target
 
 
-def library() -> ctypes.CDLL | None:
-    """The compiled kernel library, or None when it cannot be built here (reason in `unavailable_reason()`)."""
+def cpu_isas() -> tuple[str, ...]:
+    """The compiled builds this CPU can run, best first (empty without a compiler or on a CPU with neither)."""
     with _lock:
-        if "lib" in _state:
-            return _state["lib"]  # type: ignore[return-value]
-        lib, reason = None, None
-        cc = _compiler()
-        if os.environ.get("SPARSELENS_NO_NATIVE") == "1":
-            reason = "SPARSELENS_NO_NATIVE=1"
-        elif cc is None:
-            reason = "no C compiler found (set $CC or install gcc)"
-        else:
-            try:
-                lib = ctypes.CDLL(str(_build(cc)))
-                for name, argtypes in _SIGNATURES.items():
-                    fn = getattr(lib, name)
-                    fn.argtypes, fn.restype = argtypes, ctypes.c_int
-            except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-                lib, reason = None, str(err)
-        if lib is None:
-            warnings.warn(f"sparselens CPU kernels unavailable, using the pure-torch fallback: {reason}", stacklevel=3)
-        _state["lib"], _state["reason"] = lib, reason
-        return lib
+        if "isas" not in _state:
+            isas: tuple[str, ...] = ()
+            cc = _compiler()
+            if cc is not None:
+                try:
+                    probe = ctypes.CDLL(str(_build(cc, "probe", [HERE / "probe.c"], ["-O1", "-fPIC", "-shared"])))
+                    isas = ISAS[2 - probe.sl_cpu_level() :]
+                except (OSError, RuntimeError, subprocess.SubprocessError):
+                    isas = ()  # e.g. not an x86 CPU: __builtin_cpu_supports("avx2") does not compile
+            _state["isas"] = isas
+        return _state["isas"]  # type: ignore[return-value]
+
+
+def selected_isa() -> str:
+    """The CPU path in force: the best build the CPU supports, or what SPARSELENS_CPU_ISA / _NO_NATIVE ask for."""
+    if os.environ.get("SPARSELENS_NO_NATIVE") == "1":
+        return "torch"
+    forced = os.environ.get("SPARSELENS_CPU_ISA", "").strip().lower()
+    if forced in ("", "auto"):
+        isas = cpu_isas()
+        return isas[0] if isas else "torch"
+    if forced not in PATHS:
+        raise ValueError(f"SPARSELENS_CPU_ISA={forced!r} is not one of {PATHS} (or 'auto'): fix or unset it")
+    if forced != "torch" and forced not in cpu_isas():
+        have = ", ".join(cpu_isas()) or "none (no C compiler, or neither instruction set)"
+        raise ValueError(f"SPARSELENS_CPU_ISA={forced} but this machine can run only: {have}; unset it or pick one")
+    return forced
+
+
+def _load(isa: str) -> tuple[ctypes.CDLL | None, str | None]:
+    if os.environ.get("SPARSELENS_NO_NATIVE") == "1":
+        return None, "SPARSELENS_NO_NATIVE=1"
+    if isa == "torch":
+        return None, "SPARSELENS_CPU_ISA=torch" if os.environ.get("SPARSELENS_CPU_ISA") else _why_no_isa()
+    cc = _compiler()
+    try:
+        lib = ctypes.CDLL(str(_build(cc, f"dsa-{isa}", SOURCES, COMMON_FLAGS + ISA_FLAGS[isa])))
+        for name, argtypes in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = argtypes, ctypes.c_int
+        lib.sl_isa.restype = ctypes.c_char_p
+        if lib.sl_isa().decode() != isa:
+            raise RuntimeError(f"the {isa} build reports {lib.sl_isa().decode()}: compiler flags were not applied")
+    except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as err:
+        return None, str(err)
+    return lib, None
+
+
+def _why_no_isa() -> str:
+    if _compiler() is None:
+        return "no C compiler found (set $CC or install gcc)"
+    return "this CPU has neither AVX-512 nor AVX2+FMA (or the probe did not build)"
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels of the selected instruction set, or None for the torch fallback (reason in
+    `unavailable_reason()`; a warning the first time)."""
+    isa = selected_isa()
+    with _lock:
+        libs: dict = _state["libs"]  # type: ignore[assignment]
+        if isa not in libs:
+            libs[isa] = _load(isa)
+            lib, reason = libs[isa]
+            if lib is None and reason != "SPARSELENS_CPU_ISA=torch":  # asked for by name: no warning
+                warnings.warn(
+                    f"sparselens CPU kernels unavailable, using the pure-torch fallback: {reason}", stacklevel=3
+                )
+        return libs[isa][0]
 
 
 def unavailable_reason() -> str | None:
     """Why `library()` is None, or None when the compiled kernels load."""
     library()
-    return _state.get("reason")  # type: ignore[return-value]
+    return _state["libs"][selected_isa()][1]  # type: ignore[index]
+
+
+def describe() -> str:
+    """One line for benchmark headers: the path in force and what the CPU supports."""
+    isa = selected_isa()
+    native = f"compiled C kernels ({isa})" if library() is not None else f"torch fallback ({unavailable_reason()})"
+    return f"{native}; CPU builds available: {', '.join(cpu_isas()) or 'none'}"
 
 
 def _pool(n: int) -> ThreadPoolExecutor:

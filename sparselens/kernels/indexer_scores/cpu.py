@@ -1,11 +1,11 @@
-"""CPU fast path for indexer scores: compiled tile kernel forward (`_native/dsa.c`), chunked-matmul backward.
+"""CPU fast path for indexer scores: compiled tile kernel forward (`_native/indexer.c`), chunked-matmul backward.
 
 The forward never builds the [B, T, HI, S] per-head logits the reference needs: a 16-key panel is scored for all
 heads in registers and summed on the spot. With autograd, small problems (under T_S_ELEMS_FOR_RECOMPUTE logits,
 e.g. every training size of the quick preset) run the reference graph, whose backward reuses its saved logits and
 beats any recompute; large ones use the compiled forward and a backward that recomputes the logits one query
-chunk at a time with matmuls, so memory stays bounded. Without the compiled library everything falls back to the
-reference.
+chunk at a time with matmuls, so memory stays bounded. Without the compiled library the forward is the same
+chunked matmul recompute in torch (`_forward_chunked`), with the same backward.
 """
 
 import torch
@@ -14,7 +14,7 @@ from sparselens.kernels import _native
 from sparselens.kernels._checks import check_indexer_args, empty_output
 from sparselens.kernels.indexer_scores import reference
 
-PANEL = 16  # keys per packed panel, fixed by dsa.c
+PANEL = 16  # keys per packed panel, fixed by _native/indexer.c
 QUERY_BLOCK = 32  # queries sharing one sweep over a block of key panels
 PANEL_BYTES = 128 * 1024  # key panels per sweep sized to stay in L2
 BWD_CHUNK_ELEMS = 1 << 24  # [B, Tc, HI, S] logits elements recomputed at once in the backward
@@ -62,6 +62,22 @@ def _forward_native(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, causal: b
     return out
 
 
+def _forward_chunked(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, causal: bool) -> torch.Tensor:
+    """The torch path's forward: per-head logits for one chunk of queries at a time ([B, Tc, HI, S], bounded)."""
+    B, T, S, HI, DI = check_indexer_args(q, k, w)
+    out = empty_output(B, T, S, dtype=torch.float32)
+    kt = k.detach().float().transpose(1, 2)  # [B, DI, S]
+    chunk = max(1, BWD_CHUNK_ELEMS // max(1, B * HI * S))
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        qc = q[:, t0:t1].detach().float().reshape(B, (t1 - t0) * HI, DI)  # [B, Tc*HI, DI]
+        relu = torch.bmm(qc, kt).clamp_(min=0.0).view(B, t1 - t0, HI, S)  # [B, Tc, HI, S]
+        out[:, t0:t1] = torch.einsum("bths,bth->bts", relu, w[:, t0:t1].detach().float())
+    if causal:
+        out.masked_fill_(~reference.causal_mask(T, S, out.device), float("-inf"))
+    return out
+
+
 def _backward_chunked(q, k, w, grad, causal):
     """Gradients of sum(grad * I) in q, k, w, recomputing per-head logits for a chunk of queries at a time."""
     B, T, HI, DI = q.shape
@@ -94,7 +110,7 @@ class _IndexerScores(torch.autograd.Function):
     def forward(ctx, q, k, w, causal):
         ctx.causal = causal
         ctx.save_for_backward(q, k, w)
-        return _forward_native(q, k, w, causal)
+        return (_forward_chunked if _native.library() is None else _forward_native)(q, k, w, causal)
 
     @staticmethod
     def backward(ctx, grad):
@@ -108,14 +124,13 @@ def indexer_scores(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, causal: bo
 
     Query t sits at key position S - T + t; with `causal`, later keys are -inf. Differentiable in q, k, w: when a
     gradient is needed below T_S_ELEMS_FOR_RECOMPUTE logits the reference graph runs instead (its autograd beats
-    any recompute at training sizes; see README); otherwise the compiled forward, with the chunked backward.
+    any recompute at training sizes; see README); otherwise the compiled forward (the chunked torch forward
+    without the compiled library), with the chunked backward.
     """
     check_indexer_args(q, k, w)
     if q.device.type != "cpu":
         raise ValueError(f"indexer_scores backend 'cpu' got {q.device} tensors: use backend=None or 'triton'")
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or w.requires_grad)
     if needs_grad and T_S_ELEMS_FOR_RECOMPUTE > q.shape[0] * q.shape[1] * q.shape[2] * k.shape[1]:
-        return reference.indexer_scores(q, k, w, causal=causal)
-    if _native.library() is None:
         return reference.indexer_scores(q, k, w, causal=causal)
     return _IndexerScores.apply(q, k, w, causal)

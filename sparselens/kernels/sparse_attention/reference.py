@@ -31,22 +31,25 @@ def sparse_attention(
 ) -> torch.Tensor:
     """Softmax attention of each query over its own selected keys, the same selection for every head.
 
-    o[t,h] = sum_j p[t,h,j] v[idx[t,j],h] with p = softmax_j(scale * q[t,h] . k[idx[t,j],h]) over valid j.
-    An index is valid when 0 <= idx < S (-1 marks padding). A row is a set: a repeated index counts once.
-    A query with no valid index returns zeros.
+    o[t,h] = sum_j p[t,h,j] v[idx[t,j],g(h)] with p = softmax_j(scale * q[t,h] . k[idx[t,j],g(h)]) over valid j,
+    where g(h) = h // (H // HKV) is the K/V head that query head h reads (SDPA's enable_gqa convention: HKV = H is
+    multi-head, 1 < HKV < H grouped-query, HKV = 1 multi-query attention). An index is valid when 0 <= idx < S
+    (-1 marks padding). A row is a set: a repeated index counts once. A query with no valid index returns zeros.
 
     Args:
         q: queries [B, T, H, D].
-        k: keys [B, S, H, D].
-        v: values [B, S, H, D].
+        k: keys [B, S, HKV, D], H % HKV == 0.
+        v: values [B, S, HKV, D].
         indices: [B, T, K] int64/int32 key positions shared by all H heads, -1 = none.
         scale: logit scale, default D ** -0.5.
 
     Returns:
         out [B, T, H, D] in q's dtype (computed in fp32), differentiable in q, k and v through autograd.
     """
-    B, T, S, H, D, K = check_attention_args(q, k, v, indices)
+    B, T, S, H, HKV, D, K = check_attention_args(q, k, v, indices)
     scale = D**-0.5 if scale is None else scale
+    if HKV != H:  # each K/V head serves H // HKV consecutive query heads
+        k, v = k.repeat_interleave(H // HKV, dim=2), v.repeat_interleave(H // HKV, dim=2)  # [B, S, H, D]
     idx = canonical_indices(indices, S)  # [B, T, K], -1 = invalid or repeated
     valid = idx >= 0
     idx = idx.clamp(0, max(S - 1, 0))

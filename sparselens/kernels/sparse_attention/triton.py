@@ -1,13 +1,17 @@
-"""Triton sparse attention: block-sparse tensor-core tiles with an exact per-query key mask.
+"""Triton sparse attention: block-sparse tensor-core tiles with an exact per-query key mask, K/V shared by groups
+of query heads (MHA, GQA, MQA).
 
 Selections are turned into (a) a bitmap per query over keys (32 keys per int32 word) and (b) for every block of
-BM consecutive queries, the list of BN-key blocks that any of them selected (and its transpose). A forward
-program owns one (query block, head) and runs flash attention over its listed key blocks only, masking each
-[BM, BN] tile with the queries' bitmap words, so the result is exact while the products run on tensor cores over
-contiguous K/V tiles. The backward is split like FlashAttention-2: dq per (query block, head) over the same
-list, dk/dv per (key block, head) over the transposed list, so no atomics are needed. The cost is proportional
-to the touched tiles: local or clustered selections (what trained indexers pick) skip most of the causal
-triangle, scattered random selections touch nearly every block and cost about as much as dense attention.
+BQ consecutive queries, the list of BN-key blocks that any of them selected (and its transpose). A forward
+program owns one (query block, K/V head); the rows of its tile are the block's queries times the heads of that
+K/V head's group (FlashMLA's layout: MQA with 16 heads puts 4 queries x 16 heads in a 64-row tile, so one K/V
+tile feeds every head and the tensor cores see [BQ G, D] x [D, BN]). It runs flash attention over its listed key
+blocks only, masking each [BQ G, BN] tile with the rows' bitmap words, so the result is exact. The backward is
+split like FlashAttention-2: dq per (query block, K/V head) over the same list, dk/dv per (key block, K/V head)
+over the transposed list (summing the group's heads inside the tile), so no atomics are needed. The cost is
+proportional to the touched tiles: local or clustered selections (what trained indexers pick) skip most of the
+causal triangle, scattered random selections touch nearly every block and cost about as much as dense attention;
+with grouped heads a block holds fewer queries, whose selections touch fewer key blocks.
 """
 
 import torch
@@ -17,54 +21,64 @@ import triton.language as tl
 from sparselens.kernels._checks import check_attention_args, empty_output
 from sparselens.kernels.sparse_attention.reference import canonical_indices
 
-BLOCK_M = 64  # queries per tile (>= 16 for tensor cores); smaller blocks touch fewer key blocks
+BLOCK_M = 64  # rows per tile, queries x heads of a group (>= 16 for tensor cores); fewer queries touch fewer blocks
 BLOCK_N = 64  # keys per tile (16, 32 or 64); smaller tiles waste less on scattered selections
 
 
 @triton.jit
 def _tile_mask(words_ptr, b, o_m, m_m, kb, T, NW, BN: tl.constexpr):
-    """[BM, BN] bool: query o_m selected key kb * BN + j (bit of its bitmap), from one or two words per query."""
+    """[M, BN] bool: row query o_m selected key kb * BN + j (bit of its bitmap), from one or two words per row."""
     o_j = tl.arange(0, BN)
     w_first = kb * BN // 32
-    p_row = words_ptr + (b * T + o_m) * NW + w_first  # [BM]
+    p_row = words_ptr + (b * T + o_m) * NW + w_first  # [M]
     if BN == 64:
         w0 = tl.load(p_row, mask=m_m, other=0)
         w1 = tl.load(p_row + 1, mask=m_m & (w_first + 1 < NW), other=0)
-        b_w = tl.where(o_j[None, :] < 32, w0[:, None], w1[:, None])  # [BM, BN]
+        b_w = tl.where(o_j[None, :] < 32, w0[:, None], w1[:, None])  # [M, BN]
         shift = o_j % 32
     else:
-        b_w = tl.load(p_row, mask=m_m, other=0)[:, None]  # [BM, 1]
+        b_w = tl.load(p_row, mask=m_m, other=0)[:, None]  # [M, 1]
         shift = (kb * BN) % 32 + o_j
     return ((b_w >> shift[None, :]) & 1) != 0
 
 
 @triton.jit
+def _group_rows(pid_m, kvh, T, G, BQ: tl.constexpr, GP: tl.constexpr):
+    """The BQ * GP rows of a tile: BQ consecutive queries from pid_m * BQ, each with the GP (>= G, a power of two)
+    heads of K/V head kvh's group. Returns each row's query, query head and validity."""
+    o_r = tl.arange(0, BQ * GP)
+    o_m = pid_m * BQ + o_r // GP  # [M] query
+    o_g = o_r % GP  # [M] head within the group
+    return o_m, kvh * G + o_g, (o_m < T) & (o_g < G)
+
+
+@triton.jit
 def _sparse_attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, words_ptr, cnt_ptr, list_ptr, o_ptr, lse_ptr,
-    T, S, H, D, NW, NQB, NKB, scale,
-    IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+    T, S, H, HKV, G, D, NW, NQB, NKB, scale,
+    IEEE: tl.constexpr, BQ: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
 ):  # fmt: skip
     pid_m, bh = tl.program_id(0), tl.program_id(1)
-    b, h = (bh // H).to(tl.int64), bh % H
-    o_m = pid_m * BM + tl.arange(0, BM)
+    b, kvh = (bh // HKV).to(tl.int64), bh % HKV
+    o_m, o_h, m_m = _group_rows(pid_m, kvh, T, G, BQ, GP)  # [M] rows = (query, head of the group)
     o_d = tl.arange(0, BD)
-    m_m, m_d = o_m < T, o_d < D
-    p_q = q_ptr + ((b * T + o_m[:, None]) * H + h) * D + o_d[None, :]
-    b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
-    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BM], dtype=tl.float32)
-    acc = tl.zeros([BM, BD], dtype=tl.float32)
+    m_d = o_d < D
+    p_q = q_ptr + ((b * T + o_m[:, None]) * H + o_h[:, None]) * D + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [M, BD]
+    m_i = tl.full([BQ * GP], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BQ * GP], dtype=tl.float32)
+    acc = tl.zeros([BQ * GP, BD], dtype=tl.float32)
     qk_scale = scale * 1.4426950408889634  # exp(x) = exp2(x log2 e)
     n_blocks = tl.load(cnt_ptr + b * NQB + pid_m)
     for i in range(n_blocks):
         kb = tl.load(list_ptr + (b * NQB + pid_m) * NKB + i)
         o_n = kb * BN + tl.arange(0, BN)
         m_n = o_n < S
-        p_kv = ((b * S + o_n[:, None]) * H + h) * D + o_d[None, :]
+        p_kv = ((b * S + o_n[:, None]) * HKV + kvh) * D + o_d[None, :]
         b_k = tl.load(k_ptr + p_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
         b_v = tl.load(v_ptr + p_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
         if IEEE:
-            b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * qk_scale  # [BM, BN], log2 units
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * qk_scale  # [M, BN], log2 units
         else:
             b_s = tl.dot(b_q, tl.trans(b_k)) * qk_scale
         b_s = tl.where(_tile_mask(words_ptr, b, o_m, m_m, kb, T, NW, BN), b_s, float("-inf"))
@@ -80,37 +94,39 @@ def _sparse_attn_fwd_kernel(
         m_i = m_new
     has = l_i > 0.0
     out = tl.where(has[:, None], acc / tl.where(has, l_i, 1.0)[:, None], 0.0)
-    tl.store(o_ptr + ((b * T + o_m[:, None]) * H + h) * D + o_d[None, :], out, mask=m_m[:, None] & m_d[None, :])
+    tl.store(
+        o_ptr + ((b * T + o_m[:, None]) * H + o_h[:, None]) * D + o_d[None, :], out, mask=m_m[:, None] & m_d[None, :]
+    )
     lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))  # natural
-    tl.store(lse_ptr + (b * T + o_m) * H + h, lse, mask=m_m)
+    tl.store(lse_ptr + (b * T + o_m) * H + o_h, lse, mask=m_m)
 
 
 @triton.jit
 def _sparse_attn_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, words_ptr, cnt_ptr, list_ptr, dq_ptr,
-    T, S, H, D, NW, NQB, NKB, scale,
-    IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+    T, S, H, HKV, G, D, NW, NQB, NKB, scale,
+    IEEE: tl.constexpr, BQ: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
 ):  # fmt: skip
     pid_m, bh = tl.program_id(0), tl.program_id(1)
-    b, h = (bh // H).to(tl.int64), bh % H
-    o_m = pid_m * BM + tl.arange(0, BM)
+    b, kvh = (bh // HKV).to(tl.int64), bh % HKV
+    o_m, o_h, m_m = _group_rows(pid_m, kvh, T, G, BQ, GP)  # [M]
     o_d = tl.arange(0, BD)
-    m_m, m_d = o_m < T, o_d < D
-    p_row = ((b * T + o_m[:, None]) * H + h) * D + o_d[None, :]
-    b_q = tl.load(q_ptr + p_row, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
-    b_do = tl.load(do_ptr + p_row, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
-    b_lse = tl.load(lse_ptr + (b * T + o_m) * H + h, mask=m_m, other=float("-inf"))  # [BM]
-    b_delta = tl.load(delta_ptr + (b * T + o_m) * H + h, mask=m_m, other=0.0)  # [BM]
+    m_d = o_d < D
+    p_row = ((b * T + o_m[:, None]) * H + o_h[:, None]) * D + o_d[None, :]
+    b_q = tl.load(q_ptr + p_row, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [M, BD]
+    b_do = tl.load(do_ptr + p_row, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [M, BD]
+    b_lse = tl.load(lse_ptr + (b * T + o_m) * H + o_h, mask=m_m, other=float("-inf"))  # [M]
+    b_delta = tl.load(delta_ptr + (b * T + o_m) * H + o_h, mask=m_m, other=0.0)  # [M]
     has = b_lse > float("-inf")
     lse2 = tl.where(has, b_lse, 0.0) * 1.4426950408889634  # log2 units
     qk_scale = scale * 1.4426950408889634
-    dq = tl.zeros([BM, BD], dtype=tl.float32)
+    dq = tl.zeros([BQ * GP, BD], dtype=tl.float32)
     n_blocks = tl.load(cnt_ptr + b * NQB + pid_m)
     for i in range(n_blocks):
         kb = tl.load(list_ptr + (b * NQB + pid_m) * NKB + i)
         o_n = kb * BN + tl.arange(0, BN)
         m_n = o_n < S
-        p_kv = ((b * S + o_n[:, None]) * H + h) * D + o_d[None, :]
+        p_kv = ((b * S + o_n[:, None]) * HKV + kvh) * D + o_d[None, :]
         b_k = tl.load(k_ptr + p_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
         b_v = tl.load(v_ptr + p_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
         sel = _tile_mask(words_ptr, b, o_m, m_m, kb, T, NW, BN) & has[:, None]
@@ -120,7 +136,7 @@ def _sparse_attn_bwd_dq_kernel(
         else:
             b_s = tl.dot(b_q, tl.trans(b_k)) * qk_scale
             b_dp = tl.dot(b_do, tl.trans(b_v))
-        b_p = tl.where(sel, tl.exp2(b_s - lse2[:, None]), 0.0)  # [BM, BN]
+        b_p = tl.where(sel, tl.exp2(b_s - lse2[:, None]), 0.0)  # [M, BN]
         b_ds = b_p * (b_dp - b_delta[:, None])
         if IEEE:
             dq += tl.dot(b_ds, b_k, input_precision="ieee")
@@ -132,15 +148,15 @@ def _sparse_attn_bwd_dq_kernel(
 @triton.jit
 def _sparse_attn_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, words_ptr, cnt_ptr, list_ptr, dk_ptr, dv_ptr,
-    T, S, H, D, NW, NQB, NKB, scale,
-    IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+    T, S, H, HKV, G, D, NW, NQB, NKB, scale,
+    IEEE: tl.constexpr, BQ: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
 ):  # fmt: skip
     pid_n, bh = tl.program_id(0), tl.program_id(1)
-    b, h = (bh // H).to(tl.int64), bh % H
+    b, kvh = (bh // HKV).to(tl.int64), bh % HKV
     o_n = pid_n * BN + tl.arange(0, BN)
     o_d = tl.arange(0, BD)
     m_n, m_d = o_n < S, o_d < D
-    p_kv = ((b * S + o_n[:, None]) * H + h) * D + o_d[None, :]
+    p_kv = ((b * S + o_n[:, None]) * HKV + kvh) * D + o_d[None, :]
     b_k = tl.load(k_ptr + p_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
     b_v = tl.load(v_ptr + p_kv, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
     dk = tl.zeros([BN, BD], dtype=tl.float32)
@@ -149,17 +165,16 @@ def _sparse_attn_bwd_dkdv_kernel(
     n_blocks = tl.load(cnt_ptr + b * NKB + pid_n)
     for i in range(n_blocks):
         qb = tl.load(list_ptr + (b * NKB + pid_n) * NQB + i)
-        o_m = qb * BM + tl.arange(0, BM)
-        m_m = o_m < T
-        p_row = ((b * T + o_m[:, None]) * H + h) * D + o_d[None, :]
-        b_q = tl.load(q_ptr + p_row, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
-        b_do = tl.load(do_ptr + p_row, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
-        b_lse = tl.load(lse_ptr + (b * T + o_m) * H + h, mask=m_m, other=float("-inf"))
-        b_delta = tl.load(delta_ptr + (b * T + o_m) * H + h, mask=m_m, other=0.0)
+        o_m, o_h, m_m = _group_rows(qb, kvh, T, G, BQ, GP)  # [M] every head of the group reads this K/V block
+        p_row = ((b * T + o_m[:, None]) * H + o_h[:, None]) * D + o_d[None, :]
+        b_q = tl.load(q_ptr + p_row, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [M, BD]
+        b_do = tl.load(do_ptr + p_row, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [M, BD]
+        b_lse = tl.load(lse_ptr + (b * T + o_m) * H + o_h, mask=m_m, other=float("-inf"))
+        b_delta = tl.load(delta_ptr + (b * T + o_m) * H + o_h, mask=m_m, other=0.0)
         has = b_lse > float("-inf")
         sel = _tile_mask(words_ptr, b, o_m, m_m, pid_n, T, NW, BN) & has[:, None]
         if IEEE:
-            b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * qk_scale  # [BM, BN], log2 units
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * qk_scale  # [M, BN], log2 units
             b_dp = tl.dot(b_do, tl.trans(b_v), input_precision="ieee")
         else:
             b_s = tl.dot(b_q, tl.trans(b_k)) * qk_scale
@@ -297,49 +312,58 @@ def _prepare(q, k, v):
     return q.to(dtype).contiguous(), k.to(dtype).contiguous(), v.to(dtype).contiguous(), dtype == torch.float32
 
 
-def _blocks(D: int) -> tuple[int, int, int]:
-    return BLOCK_M, BLOCK_N, max(16, triton.next_power_of_2(D))
+def group_blocks(H: int, HKV: int) -> tuple[int, int]:
+    """(BQ, GP): queries per tile and rows per query (G = H // HKV heads of a group, padded to a power of two), so
+    that a tile has BQ * GP = max(BLOCK_M, GP) rows. MHA (G = 1) keeps BLOCK_M queries per tile; MQA with 16 heads
+    takes BLOCK_M / 16 queries, whose selections touch fewer key blocks than BLOCK_M queries' would."""
+    GP = triton.next_power_of_2(H // HKV)
+    return max(1, BLOCK_M // GP), GP
 
 
 def sparse_attention_fwd(q, k, v, lists, scale):
-    """Host wrapper: one program per (query block, batch*head); returns out [B,T,H,D] fp32 and lse [B,T,H]."""
+    """Host wrapper: one program per (query block, batch * K/V head), whose tile rows are the block's queries times
+    the group's heads; returns out [B,T,H,D] fp32 and lse [B,T,H]."""
     B, T, H, D = q.shape
-    S = k.shape[1]
+    S, HKV = k.shape[1], k.shape[2]
     q, k, v, ieee = _prepare(q, k, v)
     out = empty_output(B, T, H, D, dtype=torch.float32, device=q.device)
     lse = empty_output(B, T, H, dtype=torch.float32, device=q.device)
-    BM, BN, BD = lists["BM"], lists["BN"], _blocks(D)[2]
+    BQ, GP = group_blocks(H, HKV)
+    if lists["BM"] != BQ:
+        raise ValueError(f"internal: block lists built for {lists['BM']} queries per block, the kernel takes {BQ}")
     NQB, NKB = lists["q_list"].shape[1:]
     if B * T * H > 0:
-        _sparse_attn_fwd_kernel[(NQB, B * H)](
+        _sparse_attn_fwd_kernel[(NQB, B * HKV)](
             q, k, v, lists["words"], lists["q_cnt"], lists["q_list"], out, lse,
-            T, S, H, D, lists["words"].shape[2], NQB, NKB, scale, IEEE=ieee, BM=BM, BN=BN, BD=BD,
-            num_warps=8 if BM >= 128 else 4,
+            T, S, H, HKV, H // HKV, D, lists["words"].shape[2], NQB, NKB, scale,
+            IEEE=ieee, BQ=BQ, GP=GP, BN=lists["BN"], BD=max(16, triton.next_power_of_2(D)),
+            num_warps=8 if BQ * GP >= 128 else 4,
         )  # fmt: skip
     return out, lse
 
 
 def sparse_attention_bwd(q, k, v, out, lse, lists, grad, scale):
-    """Host wrapper: dq per (query block, head), dk/dv per (key block, head); grads in fp32."""
+    """Host wrapper: dq per (query block, K/V head), dk/dv per (key block, K/V head) summed over the group's heads
+    in the tile; grads in fp32."""
     B, T, H, D = q.shape
-    S = k.shape[1]
+    S, HKV = k.shape[1], k.shape[2]
     q, k, v, ieee = _prepare(q, k, v)
     do = grad.to(q.dtype).contiguous()  # [B, T, H, D]
     delta = (grad.float() * out).sum(dim=-1).contiguous()  # [B, T, H]
     dq = empty_output(B, T, H, D, dtype=torch.float32, device=q.device)
-    dk = empty_output(B, S, H, D, dtype=torch.float32, device=q.device)
-    dv = empty_output(B, S, H, D, dtype=torch.float32, device=q.device)
-    BM, BN, BD = lists["BM"], lists["BN"], _blocks(D)[2]
+    dk = empty_output(B, S, HKV, D, dtype=torch.float32, device=q.device)
+    dv = empty_output(B, S, HKV, D, dtype=torch.float32, device=q.device)
+    BQ, GP = group_blocks(H, HKV)
     NQB, NKB = lists["q_list"].shape[1:]
     NW = lists["words"].shape[2]
-    meta = dict(IEEE=ieee, BM=BM, BN=BN, BD=BD)
-    common = (T, S, H, D, NW, NQB, NKB, scale)
+    meta = dict(IEEE=ieee, BQ=BQ, GP=GP, BN=lists["BN"], BD=max(16, triton.next_power_of_2(D)))
+    common = (T, S, H, HKV, H // HKV, D, NW, NQB, NKB, scale)
     if B * T * H > 0:
-        _sparse_attn_bwd_dq_kernel[(NQB, B * H)](
+        _sparse_attn_bwd_dq_kernel[(NQB, B * HKV)](
             q, k, v, do, lse, delta, lists["words"], lists["q_cnt"], lists["q_list"], dq, *common, **meta
         )
-    if B * S * H > 0:
-        _sparse_attn_bwd_dkdv_kernel[(NKB, B * H)](
+    if B * S * HKV > 0:
+        _sparse_attn_bwd_dkdv_kernel[(NKB, B * HKV)](
             q, k, v, do, lse, delta, lists["words"], lists["kv_cnt"], lists["kv_list"], dk, dv, *common, **meta
         )
     return dq, dk, dv
@@ -349,8 +373,8 @@ class _SparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, indices, scale):
         T, S = q.shape[1], k.shape[1]
-        BM, BN, _ = _blocks(q.shape[3])
-        lists = build_block_lists(indices.detach(), T, S, BM, BN)
+        BQ, _ = group_blocks(q.shape[2], k.shape[2])
+        lists = build_block_lists(indices.detach(), T, S, BQ, BLOCK_N)
         out, lse = sparse_attention_fwd(q.detach(), k.detach(), v.detach(), lists, scale)
         ctx.scale, ctx.lists, ctx.dtypes = scale, lists, (q.dtype, k.dtype, v.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
@@ -370,8 +394,8 @@ def sparse_attention(
 
     Args:
         q: queries [B, T, H, D].
-        k: keys [B, S, H, D].
-        v: values [B, S, H, D].
+        k: keys [B, S, HKV, D], H % HKV == 0; query head h reads K/V head h // (H // HKV).
+        v: values [B, S, HKV, D].
         indices: [B, T, K] key positions shared by all heads, read as a set; entries outside [0, S) are ignored.
         scale: logit scale, default D ** -0.5.
 

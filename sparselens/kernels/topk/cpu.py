@@ -1,10 +1,14 @@
-"""CPU fast paths for selection: row top-k over given scores, and the fused indexer top-k (`_native/dsa.c`).
+"""CPU fast paths for selection: row top-k over given scores, and the fused indexer top-k (`_native/indexer.c`).
 
 The fused kernel scores a block of queries against a block of 16-key panels in registers and feeds each panel's
 16 scores straight into a per-query running top-k (a candidate buffer of ~4k above a threshold, compacted with a
 histogram when full, see README.md), so the [T, S] score matrix never exists. Panels are swept from the query's
-own position backwards: recent keys usually score high, which raises the threshold early. Without the compiled
-library both ops fall back to torch (the indexer in query chunks, so memory stays bounded).
+own position backwards: recent keys usually score high, which raises the threshold early. With a few queries
+(decoding: T <= SPLIT_MAX_T) the keys are instead split into chunks on every thread, read from k's rows and
+transposed into panels on the fly (no packed copy of the whole cache per step), and the chunks' top-k are merged.
+Both compute the same scores bit for bit and rank them by (score, key position), later keys winning ties, so a
+decoding step selects exactly the keys the prefill of the same tokens selects. Without the compiled library both
+ops fall back to torch (the indexer in query chunks, so memory stays bounded).
 """
 
 import torch
@@ -16,6 +20,8 @@ from sparselens.kernels.indexer_scores.cpu import QUERY_BLOCK, pack_keys, pad_he
 from sparselens.kernels.topk import reference
 
 FALLBACK_CHUNK_ELEMS = 1 << 24  # [B, Tc, HI, S] logits per chunk in the pure-torch fallback
+SPLIT_MAX_T = 16  # at most this many queries per batch row: split the keys across threads (decoding)
+SPLIT_MIN_KEYS = 1024  # keys per chunk of the split kernel, at least
 
 
 def _indexer_topk_native(q, k, w, topk, causal):
@@ -32,6 +38,43 @@ def _indexer_topk_native(q, k, w, topk, causal):
         n_items=B * -(-T // QUERY_BLOCK),
     )  # fmt: skip
     return out
+
+
+def _split_chunks(B: int, S: int) -> tuple[int, int]:
+    """(keys per chunk, chunks) so that B * chunks items keep every thread busy, chunks >= SPLIT_MIN_KEYS."""
+    want = -(-2 * torch.get_num_threads() // max(1, B))  # two items per thread balance uneven chunks
+    n = max(1, min(want, -(-S // SPLIT_MIN_KEYS)))
+    per_chunk = -(-S // n)
+    chunk = max(16, -(-per_chunk // 16) * 16)  # a multiple of 16 keys
+    return chunk, max(1, -(-S // chunk))
+
+
+def merge_chunks(vals: torch.Tensor, idx: torch.Tensor, topk: int, S: int) -> torch.Tensor:
+    """The best `topk` of candidates vals/idx [B, T, C] by (score, key position), as `topk_indices` lays them out:
+    ascending positions, -1 padding (candidates scoring -inf are padding)."""
+    by_pos = idx.argsort(dim=-1, descending=True, stable=True)  # later keys first among equal scores below
+    vals, idx = vals.gather(-1, by_pos), idx.gather(-1, by_pos)
+    best = vals.argsort(dim=-1, descending=True, stable=True)[..., :topk]  # [B, T, topk]
+    sel = idx.gather(-1, best).masked_fill(vals.gather(-1, best) == float("-inf"), S)
+    sel = sel.sort(dim=-1).values  # ascending positions, padding (= S) last
+    return sel.masked_fill(sel == S, -1)
+
+
+def _indexer_topk_split(q, k, w, topk, causal):
+    """Few queries: each (batch row, key chunk) item keeps every query's top k of its chunk; merged here."""
+    B, T, S, DI = q.shape[0], q.shape[1], k.shape[1], q.shape[3]
+    qp, wp = pad_heads(q.detach(), w.detach())
+    kc = k.detach().float().contiguous()  # [B, S, DI] rows, read in place
+    chunk, n_chunks = _split_chunks(B, S)
+    vals = empty_output(B, T, n_chunks * topk, dtype=torch.float32)
+    idx = empty_output(B, T, n_chunks * topk, dtype=torch.int64)
+    _native.launch(
+        "sl_indexer_topk_split",
+        *(_native.ptr(x) for x in (qp, kc, wp, vals, idx)),
+        B, T, S, qp.shape[2], DI, int(causal), topk, chunk, n_chunks,
+        n_items=B * n_chunks,
+    )  # fmt: skip
+    return merge_chunks(vals, idx, topk, S)
 
 
 def _indexer_topk_chunked(q, k, w, topk, causal):
@@ -63,6 +106,8 @@ def indexer_topk(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, topk: int, c
     with torch.no_grad():
         if _native.library() is None:
             return _indexer_topk_chunked(q, k, w, topk, causal)
+        if q.shape[1] <= SPLIT_MAX_T and q.shape[0] * q.shape[1] > 0:
+            return _indexer_topk_split(q, k, w, topk, causal)
         return _indexer_topk_native(q, k, w, topk, causal)
 
 
