@@ -153,11 +153,7 @@ class Attention(nn.Module):
 
     def _sparse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Attention over the selected keys only, through the gathered kernels: -> [B, T, H, D]."""
-        h = q.shape[2]
-        # TODO(kernels2 branch): drop the expansion once sparse_attention takes k, v [B, S, HKV, D] directly.
-        out = kernels.sparse_attention(
-            q, expand_kv(k, h), expand_kv(v, h), idx, scale=self.scale, backend=self.cfg.kernel_backend
-        )
+        out = kernels.sparse_attention(q, k, v, idx, scale=self.scale, backend=self.cfg.kernel_backend)  # grouped K/V
         if self.hook_dense_pattern.active:
             self.hook_dense_pattern(self._dense_probs(q.detach(), k.detach())[1])
         if self.hook_pattern.active or self.hook_attn_scores.active:
