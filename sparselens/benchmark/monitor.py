@@ -27,7 +27,7 @@ from sparselens.benchmark.timing import held_out_tokens
 from sparselens.config import MonitorConfig, Preset
 from sparselens.data.dataset import CONTENT_TYPES
 from sparselens.models.gpt import GPT
-from sparselens.storage import RunStore
+from sparselens.storage import SCHEMAS, RunStore
 from sparselens.threads import torch_threads
 
 HISTORY, VERDICTS = "monitor_history", "monitor_verdicts"
@@ -131,7 +131,7 @@ def log_ratios(rows: pd.DataFrame, metric: str) -> np.ndarray:
 def good_history(store: RunStore, context: dict) -> pd.DataFrame:
     """History rows of finished, not regressed runs with the same key as `context` (empty when none)."""
     if not store.table_exists(HISTORY) or not store.table_exists(VERDICTS):
-        return pd.DataFrame()
+        return pd.DataFrame(columns=SCHEMAS[HISTORY].names)
     verdicts = store.read_table(VERDICTS)
     verdicts = verdicts[(verdicts["metric"] == "overall") & (verdicts["verdict"] != "regressed")]
     for k in KEY:

@@ -118,3 +118,10 @@ def run_benchmark(
 def read_environment(store: RunStore) -> dict:
     """What `run_benchmark` recorded about the host and how long each part took."""
     return json.loads(store.read_text(ENVIRONMENT_FILE))
+
+
+def phase_preset(store: RunStore, section: str, overrides: dict | None = None) -> Preset:
+    """The run's preset with `overrides` applied to `section` (validated: unknown fields are a ConfigError)."""
+    from sparselens.runs import run_preset
+
+    return run_preset(store).with_section(section, **(overrides or {}))

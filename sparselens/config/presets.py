@@ -118,10 +118,11 @@ def _tiny() -> Preset:
             decode_tokens=4,
             decode_fill_chunk=64,
             repeats=2,
+            rss=False,  # a fresh interpreter per model costs seconds; the unit test turns it on once
         ),
         # context 512: the reference kernels' prefill is ~5x the fast path's there, so a run forced onto them is a
         # clear regression; 10 samples against >= 20 of history can reach p < 0.001 (8 against 8 cannot)
-        monitor=MonitorConfig(context=512, decode_tokens=4, samples=10, loss_samples=1),
+        monitor=MonitorConfig(context=512, decode_tokens=16, samples=10, loss_samples=1),
     )
 
 

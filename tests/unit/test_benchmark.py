@@ -69,7 +69,7 @@ def benchmarked(tiny_run, tmp_path_factory):
     from tests.unit.conftest import copy_run
 
     store = copy_run(tiny_run, tmp_path_factory.mktemp("bench"))
-    return store, run_benchmark(store, run_preset(store))
+    return store, run_benchmark(store, run_preset(store).with_section("benchmark", rss=True))
 
 
 def test_benchmark_table_of_a_tiny_run(benchmarked):
