@@ -27,7 +27,7 @@ def test_needle_sample_layout(length, depth):
     assert text[s.needle_pos - 6 : s.needle_pos] == b"k" + key + b":v"  # the needle defines the asked key
     assert text[s.needle_pos : s.needle_pos + 2] == text[-2:]  # the answer is the needle's value
     assert list(s.answer_pos) == [length - 2, length - 1]
-    defs = text[: -9].split(b";")[1:-1]  # whole definitions only
+    defs = text[:-9].split(b";")[1:-1]  # whole definitions only
     assert len({d[1:4] for d in defs}) == len(defs)  # keys are unique: one right answer
     assert np.array_equal(s.tokens, needle_sample(length, depth, 7).tokens)  # deterministic
 

@@ -59,7 +59,8 @@ def test_fastest_eligible_wins_and_dense_never_competes():
     ids=["loss", "decode", "task", "missing_length"],
 )
 def test_an_ineligible_model_loses_even_when_fastest(bad, why):
-    t = table(rows("dsa", tasks={"induction": 0.8}), rows("fast", decode_ms=1.0, **({"tasks": {"induction": 0.8}} | bad)))
+    fast = rows("fast", decode_ms=1.0, **({"tasks": {"induction": 0.8}} | bad))
+    t = table(rows("dsa", tasks={"induction": 0.8}), fast)
     d = choose_champion(t)
     assert d.champion == "dsa" and not d.eligible["fast"]
     assert any(why in r for r in d.reasons["fast"]), d.reasons["fast"]
