@@ -23,7 +23,8 @@ async def main():
                     "id": str(d.id),
                 }
         out["automations"] = [a.model_dump(mode="json") for a in await c.read_automations()]
-        out["runs"] = [{"deployment_id": str(r.deployment_id), "parameters": r.parameters} for r in await c.read_flow_runs()]
+        runs = await c.read_flow_runs()
+        out["runs"] = [{"deployment_id": str(r.deployment_id), "parameters": r.parameters} for r in runs]
         print(json.dumps(out))
 asyncio.run(main())
 """
