@@ -1,9 +1,9 @@
 """Peak resident memory of one model's prefill + decode, measured in a fresh process (`rss_child.py`).
 
-The child loads the model, records its high-water RSS (the baseline: interpreter, torch, weights), runs one
-prefill of `length` held-out tokens through a fresh cache and `decode_tokens` one-token steps, and prints
-`{"baseline_mb": ..., "peak_mb": ...}` as its last line. A fresh process per model keeps one model's allocations
-from hiding another's.
+The child loads the model and its held-out tokens, resets the kernel's peak-RSS mark, runs one prefill of `length`
+tokens through a fresh cache and `decode_tokens` one-token steps, and prints `{"baseline_mb": ..., "peak_mb": ...}`
+(resident size before the work, and its peak during it) as its last line. A fresh process per model keeps one
+model's allocations from hiding another's.
 """
 
 from __future__ import annotations
