@@ -100,3 +100,30 @@ def test_retrieval_grid_covers_lengths_and_depths(benchmarked):
     grid = df[df.metric == "retrieval_accuracy"]
     assert len(grid) == 2 * len(cfg.retrieval_depths) * len(cfg.retrieval_multipliers)
     assert (grid.n == cfg.retrieval_samples).all() and grid.value.between(0, 1).all()
+
+
+def test_candidates_come_from_the_phase3_table(tiny_run, run_copy):
+    from sparselens.benchmark.models import model_roster
+    from sparselens.config import AttentionPlan, ConfigError, LayerPlan
+    from sparselens.models import build_model
+
+    store = run_copy(tiny_run)
+    cfg = store.load_model("dsa").cfg
+    plans = {
+        "static_s2_w6": ("static", AttentionPlan.uniform(2, LayerPlan.static(2, 6))),
+        "reference": ("reference", AttentionPlan.uniform(2, LayerPlan.indexer_layer(2, 8, 8))),
+    }
+    for name, (_, plan) in plans.items():
+        store.save_model(name, build_model(cfg.replace(attention="plan", plan=plan)))
+    table = pd.DataFrame([{"candidate": n, "family": f, "plan": p.to_json()} for n, (f, p) in plans.items()])
+    store.write_table("phase3_candidates", table)
+    assert model_roster(store) == {"dense": "dense", "dsa": "dsa", "reference": "reference", "static_s2_w6": "static"}
+    assert model_roster(store, ("dsa", "static_s2_w6")) == {"dsa": "dsa", "static_s2_w6": "static"}
+    with pytest.raises(ConfigError, match="not saved"):
+        model_roster(store, ("dsa", "nope"))
+    preset = run_preset(store).with_section("benchmark", models=("dense", "dsa", "static_s2_w6"), decode_contexts=(64,))
+    df = run_benchmark(store, preset)
+    static = df[df.model == "static_s2_w6"]
+    assert set(static.family) == {"static"} and (static[static.metric == "decode_error_ratio"].value <= 1e-5).all()
+    cache = static[static.metric == "cache_index_key_bytes_per_token"].value
+    assert (cache == 0).all()  # a static plan keeps no indexer keys
