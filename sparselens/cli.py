@@ -125,6 +125,17 @@ def _phase(args: argparse.Namespace) -> int:
 def _phase4(args: argparse.Namespace, store: RunStore) -> int:
     from importlib import import_module
 
+    import torch
+
+    from sparselens.kernels import resolve_backend
+
+    if args.kernel_backend is not None:
+        try:  # the run store loads models onto the CPU
+            resolve_backend("sparse_attention", torch.device("cpu"), args.kernel_backend)
+        except ValueError as err:
+            raise ConfigError(f"--kernel-backend {args.kernel_backend}: {err}") from None
+    if args.name == "monitor":
+        store.champion_name()  # no champion yet: say so before any flow starts
     module, flow_name, params_name = PHASE4[args.name]
     module = import_module(module)
     params = getattr(module, params_name)(run_id=args.run_id, root=args.root, kernel_backend=args.kernel_backend)

@@ -22,6 +22,7 @@ from sparselens.benchmark.rss import measure_in_subprocess
 from sparselens.benchmark.table import NO_LENGTH, TABLE, cost_rows, row, to_frame
 from sparselens.benchmark.timing import held_out_tokens, time_decode, time_prefill
 from sparselens.config import BenchmarkConfig, Preset
+from sparselens.runs import run_preset
 from sparselens.stats import median_iqr
 from sparselens.storage import RunStore
 from sparselens.threads import torch_threads
@@ -122,6 +123,4 @@ def read_environment(store: RunStore) -> dict:
 
 def phase_preset(store: RunStore, section: str, overrides: dict | None = None) -> Preset:
     """The run's preset with `overrides` applied to `section` (validated: unknown fields are a ConfigError)."""
-    from sparselens.runs import run_preset
-
     return run_preset(store).with_section(section, **(overrides or {}))
