@@ -5,8 +5,9 @@ Each timed sample is one request per model (prefill `context` held-out tokens th
 sample pair is appended to `monitor_history` as soon as it is measured (one atomically published file), so a
 killed run loses nothing it measured; its verdict rows go to `monitor_verdicts` only when it finishes, and only
 finished runs that did not regress form the history later runs are compared with (same host fingerprint,
-champion, context and decode_tokens). The rule is in verdict.py. A regression is a finding: the result says so,
-nothing raises.
+champion, context and decode_tokens). A kernel override is recorded with every row but does not split the
+history: a run on other kernels is judged against the default kernels' history, which is how a slower kernel shows
+up. The rule is in verdict.py. A regression is a finding: the result says so, nothing raises.
 """
 
 from __future__ import annotations
