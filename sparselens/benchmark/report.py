@@ -70,6 +70,7 @@ def summary_table(df: pd.DataFrame, champion: dict | None = None) -> pd.DataFram
         out[f"loss/dsa@{t}"] = group.groupby("model")["value"].mean()
         out[f"worst_high@{t}"] = group.groupby("model")["high"].max()
     out["retrieval"] = _metric(df, "retrieval_accuracy").groupby("model")["value"].mean()
+    out["retrieval_nats"] = _metric(df, "retrieval_answer_loss").groupby("model")["value"].mean()
     for metric, label in (("prefill_ms", "prefill_ms"), ("decode_ms_per_token", "decode_ms")):
         for t, group in _metric(df, metric).groupby("seq_len"):
             out[f"{label}@{t}"] = group.set_index("model")["value"]
@@ -97,6 +98,7 @@ def draw_phase4_charts(store: RunStore, df: pd.DataFrame, scale: float = 1.5) ->
     context = int(_metric(df, "decode_ms_per_token")["seq_len"].max())
     t = int(_metric(df, "loss")["seq_len"].min())
     grid = _metric(df, "retrieval_accuracy")[["model", "seq_len", "depth", "value", "n"]]
+    answer_loss = _metric(df, "retrieval_answer_loss")[["model", "seq_len", "depth", "value", "n"]]
     decode = _metric(df, "decode_ms_per_token")[["model", "family", "seq_len", "value", "low", "high"]]
     prefill_points = pareto_points(df, "prefill_ms", longest)
     decode_points = pareto_points(df, "decode_ms_per_token", context)
@@ -108,7 +110,9 @@ def draw_phase4_charts(store: RunStore, df: pd.DataFrame, scale: float = 1.5) ->
             decode_points, f"decode ms/token at {context}", "Loss against decode time",
             f"decode at {context} tokens of context (median, IQR); mean loss at T = {t}")),
         ("retrieval", "Needle retrieval", charts.retrieval_chart(
-            grid, "Needle retrieval", "associative recall: accuracy per context and needle depth")),
+            grid, "Needle retrieval", "associative recall: both value digits right, per context and needle depth")),
+        ("retrieval-loss", "Needle retrieval: loss on the answer", charts.retrieval_chart(
+            answer_loss, "Needle retrieval: loss on the answer", "mean nats on the two value digits", loss=True)),
         ("decode", "Decode time against context", charts.decode_chart(
             decode, "Decode time against context", "median ms per token, IQR band; caches past one chunk stitched")),
     ]  # fmt: skip

@@ -5,7 +5,8 @@ starts inside a cut definition, like any text window), then `|qxyz:v` asking for
 two digits. The asked key's definition (the needle) sits at `depth` of the haystack: 0 = its first whole
 definition, 1 = the last one, right before the query. The model reads the L input tokens; it answers correctly
 when its argmax predicts both value digits (teacher-forced: the second given the true first). Every sample is a
-pure function of (L, depth, index), so every model sees the same grid and the answer positions are exact.
+pure function of (L, depth, index), so every model sees the same grid and the answer positions are exact. Beside
+the accuracy, the mean loss on the two answer digits is kept: it separates models that rarely answer exactly.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from sparselens.benchmark.table import NEEDLE, row
 from sparselens.models.gpt import GPT
-from sparselens.stats import wilson
+from sparselens.stats import mean_interval, wilson
 
 DOMAIN = 0x9E4D1E  # separates these generators from every other use of default_rng in the package
 KEY_LETTERS = 3
@@ -69,14 +70,17 @@ def grid(length: int, depths: tuple[float, ...], samples: int) -> list[NeedleSam
 
 
 @torch.no_grad()
-def correct(model: GPT, batch: list[NeedleSample]) -> np.ndarray:
-    """Whether the model predicts both value digits of each sample: bool [B]."""
+def answers(model: GPT, batch: list[NeedleSample]) -> tuple[np.ndarray, np.ndarray]:
+    """Whether the model predicts both value digits of each sample (bool [B]), and its mean loss on them (nats [B]).
+
+    The loss tells models apart where accuracy cannot (a small model that rarely gets both digits right)."""
     tokens = torch.from_numpy(np.stack([s.tokens for s in batch]))  # [B, L + 1]
     logits = model(tokens[:, :-1])  # [B, L, V]
     pos = torch.from_numpy(np.stack([s.answer_pos for s in batch]))  # [B, 2]
-    guess = logits.gather(1, pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1])).argmax(-1)  # [B, 2]
+    at = logits.gather(1, pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))  # [B, 2, V]
     want = tokens.gather(1, pos + 1)  # [B, 2]
-    return (guess == want).all(dim=1).numpy()
+    nll = -torch.log_softmax(at.float(), dim=-1).gather(-1, want.unsqueeze(-1)).squeeze(-1)  # [B, 2]
+    return (at.argmax(-1) == want).all(dim=1).numpy(), nll.mean(dim=1).double().numpy()
 
 
 def retrieval_rows(
@@ -88,13 +92,16 @@ def retrieval_rows(
     samples: int,
     batch_size: int,
 ) -> list[dict]:
-    """retrieval_accuracy rows (Wilson 95%) per context length and needle depth."""
+    """Per context length and needle depth: retrieval_accuracy (Wilson 95%) and retrieval_answer_loss (t 95%)."""
     rows = []
     for length in lengths:
         cells = grid(length, depths, samples)
-        hits = np.concatenate([correct(model, cells[i : i + batch_size]) for i in range(0, len(cells), batch_size)])
+        parts = [answers(model, cells[i : i + batch_size]) for i in range(0, len(cells), batch_size)]
+        hits, nll = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         for j, depth in enumerate(depths):
-            cell = hits[j * samples : (j + 1) * samples]
-            acc = wilson(int(cell.sum()), len(cell))
+            cell = slice(j * samples, (j + 1) * samples)
+            acc = wilson(int(hits[cell].sum()), samples)
             rows.append(row(name, family, "retrieval_accuracy", length, acc, NEEDLE, interval="wilson95", depth=depth))
+            loss = mean_interval(nll[cell])
+            rows.append(row(name, family, "retrieval_answer_loss", length, loss, NEEDLE, interval="t95", depth=depth))
     return rows

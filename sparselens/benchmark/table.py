@@ -28,6 +28,7 @@ METRICS = {  # name -> unit
     "loss_ratio_vs_dense": "ratio",
     "loss_ratio_vs_dsa": "ratio",
     "retrieval_accuracy": "fraction",
+    "retrieval_answer_loss": "nats/token",
     "task_accuracy": "fraction",
     "decode_error_ratio": "ratio",
     "prefill_ms": "ms",

@@ -38,22 +38,26 @@ def pareto_chart(points: pd.DataFrame, x_title: str, title: str, subtitle: str) 
     return _titled((front + bars + dots + labels).properties(width=420, height=280), title, subtitle)
 
 
-def retrieval_chart(grid: pd.DataFrame, title: str, subtitle: str) -> alt.FacetChart:
-    """Needle accuracy per context length (rows) and depth (columns), one panel per model.
+def retrieval_chart(grid: pd.DataFrame, title: str, subtitle: str, loss: bool = False) -> alt.FacetChart:
+    """Needle accuracy (or, with `loss`, the mean loss on the answer digits) per context length (rows) and depth
+    (columns), one panel per model.
 
-    grid: columns model, seq_len, depth, value (accuracy), n.
+    grid: columns model, seq_len, depth, value, n.
     """
+    scale = alt.Scale(scheme="viridis", reverse=True) if loss else alt.Scale(domain=[0, 1], scheme="viridis")
+    middle = float(grid["value"].median()) if loss else 0.5
     base = alt.Chart(grid).encode(
         x=alt.X("depth:O", title="needle depth"),
         y=alt.Y("seq_len:O", title="context (tokens)", sort="descending"),
     )
     cells = base.mark_rect().encode(
-        color=alt.Color("value:Q", title="accuracy", scale=alt.Scale(domain=[0, 1], scheme="viridis")),
+        color=alt.Color("value:Q", title="answer nats" if loss else "accuracy", scale=scale),
         tooltip=["model", "seq_len", "depth", "value", "n"],
     )
+    light = alt.datum.value < middle if loss else alt.datum.value > middle
     text = base.mark_text(fontSize=10).encode(
         text=alt.Text("value:Q", format=".2f"),
-        color=alt.condition(alt.datum.value > 0.5, alt.value("black"), alt.value("white")),
+        color=alt.condition(light, alt.value("black"), alt.value("white")),
     )
     chart = (cells + text).properties(width=150, height=110).facet(facet=alt.Facet("model:N", title=None), columns=4)
     return _titled(chart, title, subtitle)

@@ -100,6 +100,29 @@ def test_retrieval_grid_covers_lengths_and_depths(benchmarked):
     grid = df[df.metric == "retrieval_accuracy"]
     assert len(grid) == 2 * len(cfg.retrieval_depths) * len(cfg.retrieval_multipliers)
     assert (grid.n == cfg.retrieval_samples).all() and grid.value.between(0, 1).all()
+    nats = df[df.metric == "retrieval_answer_loss"]
+    assert len(nats) == len(grid) and (nats.value > 0).all() and (nats.low <= nats.high).all()
+
+
+def test_retrieval_answers_of_a_model_that_knows_them():
+    from sparselens.benchmark.retrieval import answers, grid
+
+    class Oracle(torch.nn.Module):  # puts all mass on the true next token (cheats: sees the answer in the batch)
+        def __init__(self, cells):
+            super().__init__()
+            self.full = torch.from_numpy(np.stack([c.tokens for c in cells]))  # [B, L + 1]
+
+        def forward(self, tokens):
+            return torch.nn.functional.one_hot(self.full[:, 1:], 256).float() * 50  # [B, L, V]
+
+    cells = grid(64, (0.0, 1.0), 3)
+    hits, nll = answers(Oracle(cells), cells)
+    assert hits.all() and (nll < 1e-6).all()
+    wrong = Oracle(cells)
+    wrong.full = wrong.full.clone()
+    wrong.full[:, -1] = (wrong.full[:, -1] - ord("0") + 1) % 10 + ord("0")  # second digit off by one
+    hits, nll = answers(wrong, cells)
+    assert not hits.any() and (nll > 10).all()
 
 
 def test_candidates_come_from_the_phase3_table(tiny_run, run_copy):
