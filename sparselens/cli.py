@@ -1,12 +1,14 @@
 """`sparselens` command line: run the whole pipeline, or re-run one phase of an existing run.
 
     sparselens run [--preset quick] [--root DIR] [--run-id ID] [--topk K] [--set SECTION.FIELD=VALUE ...]
-    sparselens phase train|evaluate|capture|interpret|patterns --run-id ID [--root DIR] [--set FIELD=VALUE ...]
-                     [--dask-address ADDR] [--fresh]
+    sparselens phase train|evaluate|capture|interpret|patterns|optimize|benchmark|monitor --run-id ID [--root DIR]
+                     [--set FIELD=VALUE ...] [--dask-address ADDR] [--fresh] [--kernel-backend reference|cpu|triton]
+    sparselens generate --run-id ID --model NAME --prompt TEXT --max-new-tokens N [--temperature T --top-p P --seed S]
     sparselens runs [--root DIR]
 
 Inputs are checked before Prefect starts, so a bad preset, k, setting, run id or checkpoint gives one clear
-error, exit code 2 and no new files.
+error, exit code 2 and no new files. `sparselens phase monitor` exits 3 when the champion regressed (0 when it
+holds).
 """
 
 from __future__ import annotations
@@ -20,13 +22,25 @@ from typing import Any
 # Idle OpenMP threads sleep instead of spinning: on a shared machine spinning made steps up to 100x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from sparselens.benchmark.generate import GenerationError
 from sparselens.config import PHASE_PARAMS, PHASE_SECTIONS, PHASES, ConfigError, RunParams
-from sparselens.storage import DEFAULT_ROOT, CorruptCheckpointError, RunNotFoundError, RunStore, list_runs
+from sparselens.storage import (
+    DEFAULT_ROOT,
+    CorruptCheckpointError,
+    ModelNotFoundError,
+    RunNotFoundError,
+    RunStore,
+    list_runs,
+)
 from sparselens.training import StageNotDoneError, TrainingDivergedError
 
+KERNEL_PHASES = ("benchmark", "monitor")  # phases whose models --kernel-backend sets
+EXIT_REGRESSED = 3  # `phase monitor` found the champion regressed
 USER_ERRORS = (
     ConfigError,
     RunNotFoundError,
+    ModelNotFoundError,
+    GenerationError,
     CorruptCheckpointError,
     StageNotDoneError,
     TrainingDivergedError,
@@ -55,6 +69,21 @@ def _parser() -> argparse.ArgumentParser:
     phase.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help=SET_HELP)
     phase.add_argument("--dask-address", default=None, help="patterns: an existing Dask scheduler (default: local)")
     phase.add_argument("--fresh", action="store_true", help="capture: drop the run's earlier capture first")
+    phase.add_argument(
+        "--kernel-backend",
+        choices=("reference", "cpu", "triton"),
+        default=None,
+        help="benchmark, monitor: run the phase's models on these kernels (recorded as a setting)",
+    )
+    gen = sub.add_parser("generate", help="continue a prompt with a run's model, streaming bytes to stdout")
+    gen.add_argument("--run-id", required=True)
+    gen.add_argument("--root", default=DEFAULT_ROOT)
+    gen.add_argument("--model", required=True, help="dense, dsa, a Phase 3 candidate, or champion")
+    gen.add_argument("--prompt", required=True, help="text to continue (UTF-8)")
+    gen.add_argument("--max-new-tokens", type=int, required=True, help="bytes to generate")
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    gen.add_argument("--seed", type=int, default=0)
     runs = sub.add_parser("runs", help="list the runs under a root")
     runs.add_argument("--root", default=DEFAULT_ROOT)
     return parser
@@ -116,6 +145,23 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kernel_backend(args: argparse.Namespace) -> dict[str, Any]:
+    """--kernel-backend as the phase's `kernel_backend` setting; refused where it cannot run or does not apply."""
+    if args.kernel_backend is None:
+        return {}
+    if args.name not in KERNEL_PHASES:
+        raise ConfigError(f"--kernel-backend applies to {' and '.join(KERNEL_PHASES)}, not to phase {args.name!r}")
+    import torch
+
+    from sparselens.kernels import resolve_backend
+
+    try:  # the run store loads models onto the CPU
+        resolve_backend("sparse_attention", torch.device("cpu"), args.kernel_backend)
+    except ValueError as err:
+        raise ConfigError(f"--kernel-backend {args.kernel_backend}: {err}") from None
+    return {"kernel_backend": args.kernel_backend}
+
+
 def _phase(args: argparse.Namespace) -> int:
     from sparselens.runs import check_checkpoints, phase_preset, run_preset
 
@@ -123,17 +169,38 @@ def _phase(args: argparse.Namespace) -> int:
     store.require_exists()
     extra = {"dask_address": args.dask_address} if args.name == "patterns" and args.dask_address else {}
     extra |= {"fresh": True} if args.name == "capture" and args.fresh else {}
-    params = PHASE_PARAMS[args.name](
-        run_id=args.run_id, root=args.root, settings=phase_settings(args.name, args.set), **extra
-    )
+    settings = phase_settings(args.name, args.set) | _kernel_backend(args)
+    params = PHASE_PARAMS[args.name](run_id=args.run_id, root=args.root, settings=settings, **extra)
     phase_preset(store, args.name, params.overrides())  # validates the overrides before anything is written
     if args.name == "train":
         check_checkpoints(store, run_preset(store))
+    if args.name == "monitor":
+        store.champion_name()  # no champion yet: say so before any flow starts
     from sparselens.flows import phase_flow
 
     flow, _ = phase_flow(args.name)
-    flow(params)
+    result = flow(params)
+    if args.name == "monitor":
+        print(f"monitor of run {args.run_id}: champion {result['champion']} {result['verdict']}")
+        return EXIT_REGRESSED if result["regressed"] else 0
     print(f"phase {args.name} of run {args.run_id} finished: {store.path()}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from sparselens.benchmark.generate import check_request, generate
+
+    store = RunStore(args.root, args.run_id)
+    store.require_exists()
+    model = store.load_model(args.model)
+    prompt = args.prompt.encode("utf-8")
+    check_request(model, len(prompt), args.max_new_tokens, args.temperature, args.top_p)  # before any output
+    out = sys.stdout.buffer
+    for token in generate(model, prompt, args.max_new_tokens, args.temperature, args.top_p, args.seed):
+        out.write(bytes([token]))
+        out.flush()
+    out.write(b"\n")
+    out.flush()
     return 0
 
 
@@ -146,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "phase":
             return _phase(args)
+        if args.command == "generate":
+            return _generate(args)
         print("\n".join(list_runs(args.root)) or f"no runs under {args.root}")
         return 0
     except USER_ERRORS as err:

@@ -117,6 +117,24 @@ class OptimizeParams(PhaseParams):
     finetune_steps: int | None = Field(None, ge=1, description="fine-tuning steps of every candidate and the reference")
 
 
+class BenchmarkParams(PhaseParams):
+    """Phase 4 parameters; empty fields keep the run's benchmark config."""
+
+    PHASE: ClassVar[str] = "benchmark"
+
+    models: list[str] | None = Field(None, description="models to compare; empty: dense, dsa and every candidate")
+    kernel_backend: str | None = Field(None, description="run every model on these kernels: reference, cpu, triton")
+
+
+class MonitorParams(PhaseParams):
+    """Monitor parameters; empty fields keep the run's monitor config."""
+
+    PHASE: ClassVar[str] = "monitor"
+
+    samples: int | None = Field(None, ge=1, description="alternating timed samples per batch")
+    kernel_backend: str | None = Field(None, description="run both models on these kernels: reference, cpu, triton")
+
+
 PHASE_PARAMS: dict[str, type[PhaseParams]] = {
     "train": TrainParams,
     "evaluate": PhaseParams,
@@ -124,5 +142,8 @@ PHASE_PARAMS: dict[str, type[PhaseParams]] = {
     "interpret": InterpretParams,
     "patterns": PatternsParams,
     "optimize": OptimizeParams,
+    "benchmark": BenchmarkParams,
+    "monitor": MonitorParams,
 }
-PHASES = tuple(PHASE_PARAMS)  # the phases a run goes through, in order
+PHASES = tuple(PHASE_PARAMS)  # every phase, in order
+PIPELINE_PHASES = PHASES[:-1]  # what `sparselens run` goes through; the monitor runs on its own schedule

@@ -24,6 +24,11 @@ def _lengths(name: str, values: tuple[int, ...], allow_empty: bool = False) -> N
         raise ConfigError(f"{name}={values} must be a non-empty tuple of positive lengths in tokens")
 
 
+def _backend(value: str | None) -> None:
+    if value not in (None, "reference", "cpu", "triton"):
+        raise ConfigError(f"kernel_backend={value!r} is unknown; use reference, cpu, triton, or None for the fastest")
+
+
 def _content_types(name: str, values: tuple[str, ...]) -> None:
     unknown = sorted(set(values) - set(CONTENT_TYPES))
     if unknown or not values:
@@ -159,39 +164,67 @@ class OptimizeConfig:
 class BenchmarkConfig:
     """Phase 4: quality, prefill, decode through the cache and memory of every model, side by side."""
 
+    models: tuple[str, ...] = ()  # run-store model names; () = dense, dsa and every phase3_candidates candidate
     quality_multipliers: tuple[int, ...] = (1, 2, 4)  # held-out loss at these multiples of T
     quality_samples: int = 16  # validation samples per content type and length (paired across models)
     bootstrap: int = 1000  # paired-bootstrap resamples of each loss difference (95% intervals)
+    retrieval_multipliers: tuple[int, ...] = (1, 2, 4)  # needle grid lengths, multiples of T (trained-for range)
+    retrieval_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # needle position, share of the haystack
+    retrieval_samples: int = 8  # needle samples per (length, depth) cell; accuracy with a Wilson interval
     prefill_lens: tuple[int, ...] = (256, 1024, 8192)  # prefill lengths timed, tokens (T, 4T, 8192 for quick)
     decode_contexts: tuple[int, ...] = (1024, 4096, 16384, 32768)  # contexts of the decode ms/token timings
-    decode_tokens: int = 16  # decoded tokens timed per context (after one warm-up step)
-    repeats: int = 5  # timed repeats per (model, length); warm-up excluded
+    decode_tokens: int = 16  # decoded tokens timed per context (after decode_warmup untimed steps)
+    decode_warmup: int = 2  # untimed decode steps per context (the first one may grow the cache's buffers)
+    decode_fill_chunk: int = 1024  # the decode cache is stitched from prefills of this many held-out tokens each
+    repeats: int = 5  # timed prefills per (model, length), interleaved across models; one warm-up excluded
     threads: int | None = None  # torch threads while timing; None leaves torch's default (recorded either way)
+    rss: bool = True  # measure peak RSS of prefill + decode in a fresh subprocess per model
+    batch_size: int = 8  # sequences per quality / retrieval forward
+    png_scale: float = 1.5  # PNG pixel density of the charts
+    kernel_backend: str | None = None  # run every model on these kernels (reference/cpu/triton); None = fastest
 
     def __post_init__(self) -> None:
+        _backend(self.kernel_backend)
         _lengths("quality_multipliers", self.quality_multipliers)
+        _lengths("retrieval_multipliers", self.retrieval_multipliers)
         _lengths("prefill_lens", self.prefill_lens)
         _lengths("decode_contexts", self.decode_contexts)
-        _positive(self, "quality_samples", "bootstrap", "decode_tokens", "repeats")
+        _positive(self, "quality_samples", "bootstrap", "retrieval_samples", "decode_tokens", "repeats")
+        _positive(self, "decode_fill_chunk", "batch_size", "png_scale")
+        if self.decode_warmup < 0:
+            raise ConfigError(f"decode_warmup={self.decode_warmup} must be >= 0 untimed steps")
+        if not self.retrieval_depths or any(not 0 <= d <= 1 for d in self.retrieval_depths):
+            raise ConfigError(f"retrieval_depths={self.retrieval_depths} must be shares of the haystack in [0, 1]")
         if self.threads is not None and self.threads <= 0:
             raise ConfigError(f"threads={self.threads} must be a positive number of torch threads, or None")
+        if len(set(self.models)) != len(self.models):
+            raise ConfigError(f"models={self.models} names a model twice; list each once, or () for all")
 
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """The scheduled check of the champion against the dense model, in one process."""
+    """The scheduled check of the champion against the dense model, in one process.
 
-    context: int = 4096  # decode context of the timed comparison, tokens
-    decode_tokens: int = 16  # decoded tokens per timed sample
-    samples: int = 10  # alternating (champion, dense) timed samples per monitor run
+    Each timed sample is one request per model (prefill `context` held-out tokens, then `decode_tokens` one-token
+    steps), the two models alternating which goes first. The verdict is on the log time ratios champion / dense
+    of this run against every earlier finished, not regressed run with the same host fingerprint (monitor.py).
+    """
+
+    context: int = 4096  # prefill length of one timed request, tokens (the decode steps continue from it)
+    decode_tokens: int = 16  # decoded tokens per timed request
+    samples: int = 10  # alternating (champion, dense) timed samples per batch; a second batch when undecided
     regress_p: float = 0.001  # Mann-Whitney p below which a slowdown can be a regression ...
     regress_ratio: float = 1.10  # ... when the champion/dense time ratio is at least this much worse than history
     same_p: float = 0.05  # p above which (or a change under same_ratio) the run counts as unchanged
     same_ratio: float = 1.03
     threads: int = 1  # torch threads while timing (fixed, so runs compare)
+    loss_samples: int = 2  # fixed validation samples per content type at T for the deterministic held-out loss
+    loss_rtol: float = 1e-6  # relative difference of that loss from the history's above which it has changed
+    kernel_backend: str | None = None  # run both models on these kernels (reference/cpu/triton); None = fastest
 
     def __post_init__(self) -> None:
-        _positive(self, "context", "decode_tokens", "samples", "threads")
+        _backend(self.kernel_backend)
+        _positive(self, "context", "decode_tokens", "samples", "threads", "loss_samples")
         for name in ("regress_p", "same_p"):
             if not 0 < getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a p-value in (0, 1)")
@@ -199,3 +232,5 @@ class MonitorConfig:
             raise ConfigError(
                 f"same_ratio={self.same_ratio} and regress_ratio={self.regress_ratio} must satisfy 1 <= same <= regress"
             )
+        if not 0 <= self.loss_rtol < 1:
+            raise ConfigError(f"loss_rtol={self.loss_rtol} must be a relative tolerance in [0, 1)")

@@ -116,14 +116,20 @@ def _tiny() -> Preset:
             timing_repeats=3,
         ),
         benchmark=BenchmarkConfig(
-            quality_samples=2,
+            quality_samples=3,
             bootstrap=200,
+            retrieval_depths=(0.0, 0.5, 1.0),
+            retrieval_samples=2,
             prefill_lens=(64, 256),
-            decode_contexts=(64, 256),
+            decode_contexts=(64, 512),
             decode_tokens=4,
+            decode_fill_chunk=64,
             repeats=2,
+            rss=False,  # a fresh interpreter per model costs seconds; the unit test turns it on once
         ),
-        monitor=MonitorConfig(context=128, decode_tokens=4, samples=4),
+        # context 512: the reference kernels' prefill is ~5x the fast path's there, so a run forced onto them is a
+        # clear regression; 10 samples against >= 20 of history can reach p < 0.001 (8 against 8 cannot)
+        monitor=MonitorConfig(context=512, decode_tokens=16, samples=10, loss_samples=1),
     )
 
 

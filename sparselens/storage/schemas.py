@@ -579,3 +579,73 @@ SCHEMAS.update(
         "phase2_sparsify": PHASE2_SPARSIFY,
     }
 )
+
+PHASE4_BENCHMARK = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        _key("family", pa.string(), "dense, dsa, reference, or the Phase 3 family of a candidate"),
+        _key("metric", pa.string(), "what was measured (sparselens.benchmark.table.METRICS)"),
+        _key("seq_len", pa.int32(), "length, prefill length or decode context, tokens; 0 = not length-dependent"),
+        _key("content_type", pa.string(), "content type; 'all' when not split by it; 'needle' for retrieval"),
+        field("depth", pa.float64(), "retrieval: needle position as a share of the haystack; null otherwise"),
+        _key(
+            "unit",
+            pa.string(),
+            "unit of value, low, high: nats/token, bits/byte, ratio, fraction, ms, bytes, MiB, MACs",
+        ),
+        field("value", pa.float64(), "the estimate: mean, median (timings), accuracy, or the analytic count"),
+        field("low", pa.float64(), "lower end of the interval named by `interval`; null when none"),
+        field("high", pa.float64(), "upper end of that interval"),
+        _key("n", pa.int64(), "samples, timed repeats or needle queries the value rests on"),
+        _key("interval", pa.string(), "t95 | bootstrap95 (paired, over samples) | wilson95 | iqr (q25..q75) | none"),
+        field("threads", pa.int32(), "torch intra-op threads of a timing row; null for other rows"),
+    ]
+)
+
+MONITOR_RUN = _key("monitor_run", pa.string(), "id of one monitor run: UTC time and a random suffix")
+FINGERPRINT = _key("fingerprint", pa.string(), "hash of cpu_model, cores, threads and torch_version")
+_MONITOR_CONTEXT = [
+    RUN_ID,
+    MONITOR_RUN,
+    FINGERPRINT,
+    _key("champion", pa.string(), "the champion model timed against dense"),
+    _key("kernel_backend", pa.string(), "kernel override of the run: default, reference, cpu or triton"),
+    _key("context", pa.int32(), "prefill tokens of one timed request"),
+    _key("decode_tokens", pa.int32(), "decode steps of one timed request"),
+]
+
+MONITOR_HISTORY = pa.schema(
+    [
+        *_MONITOR_CONTEXT,
+        _key("cpu_model", pa.string(), "CPU model name of the host"),
+        _key("cores", pa.int32(), "logical CPUs of the host"),
+        _key("threads", pa.int32(), "torch intra-op threads while timing"),
+        _key("torch_version", pa.string(), "torch.__version__"),
+        MODEL,
+        _key("role", pa.string(), "'champion' or 'dense'"),
+        _key("metric", pa.string(), "prefill_ms, decode_ms_per_token, heldout_loss or cache_bytes_per_token"),
+        _key("sample", pa.int32(), "index of the timed sample in this monitor run; -1 for deterministic numbers"),
+        _key("batch", pa.int32(), "0 for the first batch of samples, 1 for the one measured when undecided"),
+        field("value", pa.float64(), "ms (timings), nats per token (loss) or bytes per cached position"),
+        _key("measured_at", pa.timestamp("us", tz="UTC"), "when the row was measured"),
+    ]
+)
+
+MONITOR_VERDICTS = pa.schema(
+    [
+        *_MONITOR_CONTEXT,
+        _key("metric", pa.string(), "prefill_ms, decode_ms_per_token, deterministic, or 'overall'"),
+        _key("verdict", pa.string(), "baseline | same | improved | inconclusive | regressed | changed"),
+        field("p_value", pa.float64(), "Mann-Whitney p of this run's log time ratios against the history's"),
+        field("change", pa.float64(), "exp(median log ratio now - then) - 1; deterministic: relative loss change"),
+        _key("n_current", pa.int32(), "samples of this run"),
+        _key("n_history", pa.int32(), "samples of the history compared against"),
+        _key("rule_version", pa.string(), "version of the decision rule"),
+        _key("finished_at", pa.timestamp("us", tz="UTC"), "when the verdict was reached"),
+    ]
+)
+
+SCHEMAS.update(
+    {"phase4_benchmark": PHASE4_BENCHMARK, "monitor_history": MONITOR_HISTORY, "monitor_verdicts": MONITOR_VERDICTS}
+)

@@ -34,6 +34,7 @@ from sparselens.storage.errors import ModelNotFoundError, RunNotFoundError, Tabl
 from sparselens.storage.schemas import is_snake_case
 
 DEFAULT_ROOT = "sparselens-data"
+CHAMPION, CHAMPION_FILE = "champion", "champion.json"  # Phase 4's choice, by name, in the run directory
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MANIFEST_LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -275,9 +276,23 @@ class RunStore:
         atomic_torch_save(self.fs, path, ckpt.model_payload(model))
         return _display(self.fs, path)
 
+    def champion_name(self) -> str:
+        """The model Phase 4 chose (`champion.json`, written by the benchmark phase)."""
+        path = self._p(CHAMPION_FILE)
+        if not self.fs.exists(path):
+            self.require_exists()
+            raise ModelNotFoundError(
+                f"run {self.run_id!r} has no champion yet (no {_display(self.fs, path)}); run "
+                f"`sparselens phase benchmark --run-id {self.run_id}` first"
+            )
+        return json.loads(self.fs.cat_file(path))["champion"]
+
     def load_model(self, name: str, map_location: Any = "cpu") -> Any:
         """Saved model `name` in eval mode, with its weights: built by the store's `builder` (the saved config dict
-        -> a fresh model) or, by default, as the model class its file names (`model_type(config_type(**cfg))`)."""
+        -> a fresh model) or, by default, as the model class its file names (`model_type(config_type(**cfg))`).
+        `"champion"` loads the model named in `champion.json` (Phase 4's choice)."""
+        if name == CHAMPION:
+            name = self.champion_name()
         path = self._model_path(name)
         if not self.fs.exists(path):
             self.require_exists()
