@@ -123,7 +123,7 @@ class OptimizeConfig:
 
     families: tuple[str, ...] = OPTIMIZE_FAMILIES  # designers to run; a `reference` (DSA continued) always runs
     baseline: bool = True  # also train the sink + window baseline (every layer, same k): it belongs in every table
-    finetune_steps: int = 120  # sparse-stage steps of every candidate and of the equal-step DSA reference
+    finetune_steps: int = 80  # sparse-stage steps of every candidate and of the equal-step DSA reference
     finetune_lr: float = 1e-3  # peak lr of those steps (own warm-up + cosine); the recipe ended at its 0.1 floor
     warmup_steps: int = 60  # indexer-only KL steps for a candidate's new (pruned) indexers before fine-tuning
     calibration_samples: int = 8  # training-split samples per content type the designers calibrate on

@@ -6,6 +6,7 @@ torch is imported inside the functions so that reading tables never pays for it.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import io
 import posixpath
 import re
@@ -94,6 +95,13 @@ def load_latest(fs: AbstractFileSystem, directory: str, map_location: Any = "cpu
 
 
 ModelBuilder = Callable[[dict], Any]  # a saved model's config dict -> a fresh model (its weights are loaded after)
+LEGACY_TYPES = {"model_type": "sparselens.models.gpt:GPT", "config_type": "sparselens.config:ModelConfig"}
+
+
+def _named_class(where: str) -> type:
+    """The class at "module:name" (model files written before they named their classes were all this GPT)."""
+    module, _, name = where.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def model_payload(model: Any) -> dict:
@@ -113,12 +121,8 @@ def model_payload(model: Any) -> dict:
 def build_from_payload(payload: dict, path: str, builder: ModelBuilder | None = None) -> Any:
     """Rebuild a model in eval mode from `model_payload` output: with `builder(cfg)` when given, else from the
     classes the file names."""
-    if builder is None and "model_type" not in payload:
-        raise ValueError(
-            f"model file {path} was saved by an older sparselens without its model class; re-save it by re-running "
-            f"the phase that saved it (`sparselens phase train --run-id ID` re-saves finished models without "
-            f"training), or load it with RunStore(root, run_id, builder=...)"
-        )
+    if builder is None and "model_type" not in payload:  # saved before files named their classes: the GPT
+        payload = payload | {name: _named_class(where) for name, where in LEGACY_TYPES.items()}
     try:
         model = builder(payload["cfg"]) if builder else payload["model_type"](payload["config_type"](**payload["cfg"]))
     except TypeError as e:
