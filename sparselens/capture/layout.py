@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from sparselens.capture.config import CaptureConfig
 from sparselens.data.dataset import Sample, validation_samples
-from sparselens.storage import RunStore, atomic_write_bytes
+from sparselens.storage import RunStore
 from sparselens.storage.atomic import remove_stale_temps
 from sparselens.storage.schemas import CAPTURE_PARTITIONS, SCHEMAS
 from sparselens.storage.tables import COMPRESSION
@@ -78,7 +78,7 @@ def write_part(store: RunStore, path: str, table: pa.Table) -> int:
     remove_stale_temps(store.fs, path)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression=COMPRESSION, row_group_size=MAX_ROW_GROUP)
-    atomic_write_bytes(store.fs, path, buf.getvalue())
+    store.write_part(path, buf.getvalue())  # atomic; on object stores it also joins the table's commit record
     return buf.tell()
 
 
