@@ -185,10 +185,11 @@ def _commit_new_version(fs: AbstractFileSystem, directory: str, table: pa.Table,
 
 
 def append_dataset(fs: AbstractFileSystem, directory: str, name: str, data: Any) -> None:
-    """Add `data` to an existing dataset as new uniquely named files, each published atomically.
+    """Add `data` to an existing dataset as new uniquely named files.
 
-    The rows are validated against the schema the dataset was written with. Each new file appears whole or not
-    at all; an append that spans several partitions is not atomic as a whole.
+    The rows are validated against the schema the dataset was written with. Local disk: each new file appears
+    whole or not at all (an append that spans several partitions is not atomic as a whole). Object stores: the
+    files join the table together, by one update of its commit record.
     """
     schema, cols = read_meta(fs, directory)
     table = conform(name, data, schema)
@@ -203,10 +204,7 @@ def append_dataset(fs: AbstractFileSystem, directory: str, name: str, data: Any)
         for src in fs.find(staging):
             dst = posixpath.join(directory, posixpath.relpath(src, staging))
             fs.makedirs(posixpath.dirname(dst), exist_ok=True)
-            if is_local(fs):
-                os.replace(src, dst)
-            else:
-                fs.mv(src, dst)
+            os.replace(src, dst)
     finally:
         if fs.exists(staging):
             fs.rm(staging, recursive=True)

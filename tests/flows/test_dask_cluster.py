@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+from engines import check_every_engine
 from servers import free_port, stop_process_group, wait_until
 
 from sparselens.analysis.parallel import WORKER_ENV, dask_client
@@ -136,6 +137,8 @@ def test_patterns_on_a_separate_cluster_match_a_local_cluster_and_survive_a_kill
     assert code == 0, output[-3000:]
     assert_same_tables(phase2_tables(store), want)
     assert store.read_manifest()["phases"]["patterns"]["status"] == "completed"
+    tables = check_every_engine(store)  # local disk: capture and phase2_* tables with all five engines
+    assert {"query_stats", "attention_topk", "phase2_head_features", "phase2_charts"} <= set(tables)
 
 
 def test_readme_starts_workers_with_the_worker_environment():
