@@ -99,9 +99,7 @@ def prepare(store: RunStore, cfg: CaptureConfig, fresh: bool = False) -> bool:
     keep = not fresh and old == json.loads(json.dumps(plan))
     if not keep:
         for name in TABLES:
-            path = posixpath.join(store.run_dir, "tables", name)
-            if store.fs.exists(path):
-                store.fs.rm(path, recursive=True)
+            store.delete_table(name)  # on object stores its commit record goes first: no half-deleted table
         store.write_text(PLAN_FILE, json.dumps(plan, indent=2) + "\n")
     ensure_tables(store)
     return keep

@@ -3,6 +3,7 @@ file's comments say), and the train deployment runs through a process worker."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -17,12 +18,10 @@ from sparselens.storage import RunStore
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = [sys.executable, "-m", "prefect"]
-# work pool name -> `prefect work-pool create` arguments; a pool that prefect.yaml names must be listed here
-POOLS = {
-    "sparselens-process": ["--type", "process"],
-    "sparselens-gpu": ["--type", "kubernetes", "--base-job-template", "deploy/kubernetes-gpu-job-template.json"],
-}
-DEPLOYMENTS = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+PREFECT_YAML = (REPO / "prefect.yaml").read_text()
+# work pool name -> `prefect work-pool create` arguments, exactly as prefect.yaml's header comment documents them
+POOLS = {m[0]: m[1].split() for m in re.findall(r"^#\s+prefect work-pool create (\S+) ([^#\n]+)", PREFECT_YAML, re.M)}
+DEPLOYMENTS = yaml.safe_load(PREFECT_YAML)["deployments"]
 
 
 def _prefect(env: dict, *args: str, timeout: float = 300) -> str:
@@ -89,7 +88,7 @@ def deployed(tmp_path_factory):
         wait_until(lambda: _healthy(env["PREFECT_API_URL"]), "prefect server", 180, server)
         pools = {d["work_pool"]["name"] for d in DEPLOYMENTS}
         unknown = pools - set(POOLS)
-        assert not unknown, f"prefect.yaml uses work pools {unknown}: add how to create them to POOLS"
+        assert not unknown, f"prefect.yaml uses work pools {unknown}: document `prefect work-pool create` in its header"
         for pool in sorted(pools):
             _prefect(env, "work-pool", "create", pool, *POOLS[pool])
         output = _prefect(env, "--no-prompt", "deploy", "--all")

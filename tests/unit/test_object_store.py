@@ -133,6 +133,9 @@ def test_commit_record_lists_the_files_schema_and_partitions(s3_root):
     assert cm.read_commit(store.fs, directory).schema.field("seq_len").type == "int32"
     store.fs.rm(posixpath.join(directory, cm.RECORD))  # without its record a table does not exist
     assert not store.table_exists("eval_loss") and store.list_tables() == []
+    store.write_table("eval_loss", eval_rows(2.0))
+    store.delete_table("eval_loss")
+    assert not store.table_exists("eval_loss") and not store.fs.exists(directory)
 
 
 def test_single_files_join_the_table_only_through_write_part(s3_root):
