@@ -99,6 +99,7 @@ def assert_same_tables(got: dict[str, pd.DataFrame], want: dict[str, pd.DataFram
         pd.testing.assert_frame_equal(got[name], frame, check_exact=False, rtol=1e-6, atol=1e-9, obj=name)
 
 
+@pytest.mark.slow
 def test_patterns_on_a_separate_cluster_match_a_local_cluster_and_survive_a_killed_worker(
     cluster, cli, untrained_run, tmp_path
 ):
