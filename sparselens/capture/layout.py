@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from sparselens.config import CaptureConfig
 from sparselens.data.dataset import Sample, validation_samples
-from sparselens.storage import RunStore, atomic_write_bytes
+from sparselens.storage import RunStore
 from sparselens.storage.atomic import remove_stale_temps
 from sparselens.storage.schemas import CAPTURE_PARTITIONS, SCHEMAS
 from sparselens.storage.tables import COMPRESSION
@@ -80,7 +80,7 @@ def write_part(store: RunStore, path: str, table: pa.Table) -> int:
     remove_stale_temps(store.fs, path)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression=COMPRESSION, row_group_size=MAX_ROW_GROUP)
-    atomic_write_bytes(store.fs, path, buf.getvalue())
+    store.write_part(path, buf.getvalue())  # atomic; on object stores it also joins the table's commit record
     return buf.tell()
 
 
@@ -108,9 +108,7 @@ def prepare(store: RunStore, cfg: CaptureConfig, fresh: bool = False) -> bool:
     keep = not fresh and old == plan
     if not keep:
         for name in TABLES:
-            path = posixpath.join(store.run_dir, "tables", name)
-            if store.fs.exists(path):
-                store.fs.rm(path, recursive=True)
+            store.delete_table(name)  # on object stores its commit record goes first: no half-deleted table
         store.write_text(PLAN_FILE, json.dumps(plan, indent=2) + "\n")
     ensure_tables(store)
     return keep

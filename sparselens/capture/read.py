@@ -10,7 +10,7 @@ import pyarrow.dataset as ds
 
 from sparselens.storage import RunStore
 from sparselens.storage.schemas import SCHEMAS
-from sparselens.storage.tables import arrow_fs, read_meta
+from sparselens.storage.tables import arrow_fs, dataset_source, read_meta
 
 
 def _schema_and_partitioning(store: RunStore, name: str) -> tuple[pa.Schema, ds.Partitioning | None]:
@@ -25,13 +25,10 @@ def _schema_and_partitioning(store: RunStore, name: str) -> tuple[pa.Schema, ds.
 def arrow_dataset(store: RunStore, name: str) -> ds.Dataset:
     """A pyarrow dataset of table `name` typed by its declared schema (partition columns included)."""
     schema, part = _schema_and_partitioning(store, name)
-    return ds.dataset(
-        f"{store.run_dir}/tables/{name}",
-        schema=schema,
-        format="parquet",
-        filesystem=arrow_fs(store.fs),
-        partitioning=part,
-    )
+    directory = f"{store.run_dir}/tables/{name}"
+    source = dataset_source(store.fs, directory)  # object stores: only the committed files
+    base = {"partition_base_dir": directory} if isinstance(source, list) else {}
+    return ds.dataset(source, schema=schema, format="parquet", filesystem=arrow_fs(store.fs), partitioning=part, **base)
 
 
 def dask_frame(store: RunStore, name: str, columns: list[str] | None = None, filters=None):
@@ -40,4 +37,4 @@ def dask_frame(store: RunStore, name: str, columns: list[str] | None = None, fil
 
     _, part = _schema_and_partitioning(store, name)
     dataset = {"partitioning": part} if part is not None else {}
-    return dd.read_parquet(store.table_path(name), columns=columns, filters=filters, dataset=dataset)
+    return dd.read_parquet(store.table_source(name), columns=columns, filters=filters, dataset=dataset)

@@ -156,7 +156,7 @@ def capture_unit(
                 name: layout.part_path(store, name, model_name, seq_len, layer, chunk.index)
                 for name in layout.tables_for(chunk, has_indexer)
             }
-            if all(store.fs.exists(p) for p in paths.values()):
+            if all(store.part_exists(p) for p in paths.values()):
                 result.files_skipped += len(paths)
             else:
                 complete[layer] = False

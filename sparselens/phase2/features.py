@@ -170,7 +170,7 @@ def head_features(
     are measured on their last max_queries queries (headmaps).
     """
     sums, maps = lazy_features(
-        store.table_path("query_stats"), store.table_path("attention_topk"), topk, budget, max_queries
+        store.table_source("query_stats"), store.table_source("attention_topk"), topk, budget, max_queries
     )
     sums, maps = compute(client, sums, maps)
     query = _finish_query_features(_plain_keys(sums.reset_index()))

@@ -78,7 +78,7 @@ def write_content(store: RunStore, cfg: PatternsConfig, client=None) -> dict[str
         "phase2_kind_stability": _write(store, "phase2_kind_stability", content.kind_stability(heads)),
     }
     if store.table_exists("selections"):
-        (sums,) = compute(client, features.lazy_relevance(store.table_path("selections"), run_facts(store).topk))
+        (sums,) = compute(client, features.lazy_relevance(store.table_source("selections"), run_facts(store).topk))
         counts["phase2_relevance"] = _write(store, "phase2_relevance", content.finish_relevance(sums))
     return counts
 

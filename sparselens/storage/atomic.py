@@ -1,10 +1,12 @@
 """Writes that never leave a half-written file or directory in place of a good one.
 
-Every helper writes under a hidden temporary name in the destination's own directory and then renames it into
-place. On a local filesystem the data is flushed and fsynced first and the rename is `os.replace`, which is atomic
-on POSIX; a directory that already exists is swapped with `renameat2(RENAME_EXCHANGE)` where the kernel offers it.
-On other fsspec filesystems the final step is `fs.mv`, which is as atomic as that filesystem's rename (on object
-stores it is a copy then delete, so readers may briefly see no object, but never a partial one).
+Local disk: every helper writes under a hidden temporary name in the destination's own directory and then renames
+it into place; the data is flushed and fsynced first and the rename is `os.replace`, which is atomic on POSIX; a
+directory that already exists is swapped with `renameat2(RENAME_EXCHANGE)` where the kernel offers it.
+
+Object stores (s3, gcs, azure, memory) have no rename, but one object is written by one PUT that appears whole
+or not at all, so a single file is written in place. Tables (many objects) are published by a commit record
+instead of a rename: see storage/commit.py. Other fsspec filesystems write a temporary name and `fs.mv` it.
 
 Temporary names start with a dot, so pyarrow datasets and `RunStore.list_tables` ignore them.
 """
@@ -25,6 +27,7 @@ from typing import Any
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "memory"})
 _RENAME_EXCHANGE = 2  # linux/fs.h flag for renameat2: swap two existing paths atomically
 _AT_FDCWD = -100  # "relative to the current directory" for the *at() syscalls; our paths are absolute anyway
 
@@ -32,6 +35,12 @@ _AT_FDCWD = -100  # "relative to the current directory" for the *at() syscalls; 
 def is_local(fs: AbstractFileSystem) -> bool:
     """True when `fs` is the local filesystem, where os-level renames and fsync are available."""
     return isinstance(fs, LocalFileSystem)
+
+
+def is_object_store(fs: AbstractFileSystem) -> bool:
+    """True for object stores, where one object is written atomically by one PUT and nothing can be renamed."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return bool(OBJECT_STORES.intersection(protocols))
 
 
 def _fs(fs: AbstractFileSystem | None) -> AbstractFileSystem:
@@ -70,6 +79,9 @@ def atomic_write_bytes(fs: AbstractFileSystem | None, path: str, data: bytes) ->
     created. On failure the temporary file is removed and the old file, if any, is left untouched.
     """
     fs = _fs(fs)
+    if is_object_store(fs):
+        fs.pipe_file(path, data)  # one PUT: the old object or the whole new one, never a part
+        return
     parent = posixpath.dirname(path)
     fs.makedirs(parent, exist_ok=True)
     tmp = temp_name(path)
@@ -157,7 +169,9 @@ def replace_directory(fs: AbstractFileSystem, src: str, dst: str) -> None:
 
     Local: a plain rename when `dst` is absent, otherwise an atomic swap (renameat2) and removal of the old tree;
     where swapping is unsupported, the old tree is renamed aside first (readers may see no `dst` for an instant,
-    never a mixture). Other filesystems: the same rename-aside sequence with `fs.mv`.
+    never a mixture). Other filesystems: the same rename-aside sequence with `fs.mv`, file by file (on object
+    stores a "move" is a copy and a delete per object, so this is NOT atomic there: publish data that readers
+    must see whole as a table, whose commit record makes it atomic; see storage/commit.py).
     """
     if is_local(fs):
         if not os.path.exists(dst):
@@ -174,10 +188,18 @@ def replace_directory(fs: AbstractFileSystem, src: str, dst: str) -> None:
     old = None
     if fs.exists(dst):
         old = temp_name(dst, "old")
-        fs.mv(dst, old, recursive=True)
-    fs.mv(src, dst, recursive=True)
+        _move_tree(fs, dst, old)
+    _move_tree(fs, src, dst)
     if old is not None:
         _remove_quietly(fs, old, recursive=True)
+
+
+def _move_tree(fs: AbstractFileSystem, src: str, dst: str) -> None:
+    """Move every file under `src` to the same place under `dst` (object stores have no directories to move)."""
+    for path in fs.find(src):
+        rel = posixpath.relpath("/" + path.lstrip("/"), "/" + src.strip("/"))
+        fs.mv(path, posixpath.join(dst, rel))
+    _remove_quietly(fs, src, recursive=True)
 
 
 def remove_stale_temps(fs: AbstractFileSystem, path: str) -> list[str]:

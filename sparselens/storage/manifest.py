@@ -22,6 +22,7 @@ _PACKAGES = (
     "pandas",
     "numpy",
     "fsspec",
+    "s3fs",
     "scikit-learn",
     "altair",
 )

@@ -8,6 +8,11 @@
       charts/  report.html          figures and the report
 
 Every write is atomic (see storage/atomic.py), so a phase that dies half-way never leaves a damaged file behind.
+On local disk tables are published by renaming a temporary directory; on object stores (`s3://bucket/prefix`,
+which cannot rename) by a `_SUCCESS` commit record written after the data objects, and readers read only what
+it lists (see storage/commit.py). An object-store root is configured the way its users already configure that
+store: s3fs takes the endpoint and credentials from the standard environment (`AWS_ENDPOINT_URL`,
+`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, or a profile).
 """
 
 from __future__ import annotations
@@ -27,9 +32,16 @@ from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 
 from sparselens.storage import checkpoints as ckpt
+from sparselens.storage import commit as cm
 from sparselens.storage import manifest as mf
 from sparselens.storage import tables
-from sparselens.storage.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json, is_local
+from sparselens.storage.atomic import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    is_local,
+    is_object_store,
+)
 from sparselens.storage.errors import ModelNotFoundError, RunNotFoundError, TableNotFoundError
 from sparselens.storage.schemas import is_snake_case
 
@@ -62,9 +74,23 @@ def _subdirs(fs: AbstractFileSystem, directory: str) -> list[str]:
     return sorted(n for n in names if not n.startswith((".", "_")))
 
 
+def open_root(root_or_url: str | os.PathLike) -> tuple[AbstractFileSystem, str]:
+    """(filesystem, path) of a store root. Remote object stores are opened without fsspec's listing cache: other
+    processes (Dask workers, a resumed run) write to the same prefix, and a stale listing would hide their files."""
+    url = os.fspath(root_or_url)
+    try:
+        fs, path = url_to_fs(url)
+    except ImportError as e:
+        extra = " (pip install 'sparselens[s3]')" if url.startswith(("s3://", "s3a://")) else ""
+        raise ImportError(f"run store root {url!r} needs a filesystem package that is not installed{extra}: {e}") from e
+    if is_object_store(fs) and "memory" not in fs.protocol:
+        fs, path = url_to_fs(url, use_listings_cache=False)
+    return fs, path
+
+
 def list_runs(root: str | os.PathLike) -> list[str]:
     """Ids of the runs (directories with a manifest.json) under `<root>/runs/`, sorted."""
-    fs, path = url_to_fs(os.fspath(root))
+    fs, path = open_root(root)
     runs_dir = posixpath.join(path, "runs")
     return [r for r in _subdirs(fs, runs_dir) if fs.exists(posixpath.join(runs_dir, r, "manifest.json"))]
 
@@ -75,7 +101,7 @@ class RunStore:
     def __init__(self, root_or_url: str | os.PathLike, run_id: str, builder: ckpt.ModelBuilder | None = None) -> None:
         self.run_id = _check_name("run_id", run_id)
         self.builder = builder  # rebuilds models in load_model; None: the model class each file names
-        self.fs, root = url_to_fs(os.fspath(root_or_url))
+        self.fs, root = open_root(root_or_url)
         self.root = root.rstrip("/") or "/"
         self.run_dir = posixpath.join(self.root, "runs", run_id)
 
@@ -185,12 +211,70 @@ class RunStore:
         return name
 
     def table_exists(self, name: str) -> bool:
-        """True when table `name` has been written."""
-        return self.fs.isdir(self._p("tables", self._table(name)))
+        """True when table `name` has been written (on object stores: committed)."""
+        directory = self._p("tables", self._table(name))
+        if cm.uses_record(self.fs):
+            return self.fs.exists(posixpath.join(directory, cm.RECORD))
+        return self.fs.isdir(directory)
 
     def list_tables(self) -> list[str]:
         """Names of the tables written so far, sorted."""
-        return _subdirs(self.fs, self._p("tables"))
+        names = _subdirs(self.fs, self._p("tables"))
+        return [n for n in names if self.table_exists(n)] if cm.uses_record(self.fs) else names
+
+    def table_files(self, name: str) -> list[str]:
+        """The data files of table `name` as paths (local) or URLs: exactly the committed ones, for reading the
+        table with any engine (`pd.read_parquet`, `duckdb.read_parquet`, `polars.scan_parquet`, ...)."""
+        self._require_table(name)
+        directory = self._p("tables", name)
+        files = cm.committed_files(self.fs, directory)
+        if files is None:
+            files = sorted(p for p in self.fs.find(directory) if p.endswith(".parquet") and "/." not in p)
+        return [_display(self.fs, p) for p in files]
+
+    def table_source(self, name: str) -> str | list[str]:
+        """What `dask.dataframe.read_parquet` should open for table `name`: its directory where a listing shows
+        exactly the table (local disk), else its committed files (object stores; the directory if there are none)."""
+        source = tables.dataset_source(self.fs, self._p("tables", self._table(name)))
+        if isinstance(source, str) or not source:
+            return self.table_path(name)
+        return [_display(self.fs, p) for p in source]
+
+    def write_part(self, path: str, data: bytes) -> None:
+        """Add one Parquet file at `path` (on `self.fs`, inside `tables/<name>/`) to an existing table, atomically;
+        on object stores it joins the table's commit record after its PUT."""
+        directory, rel = self._split_table_path(path)
+        tables.write_part(self.fs, directory, rel, data)
+
+    def part_exists(self, path: str) -> bool:
+        """True when the file at `path` (inside `tables/<name>/`) is part of its table (committed)."""
+        directory, rel = self._split_table_path(path)
+        return tables.part_exists(self.fs, directory, rel)
+
+    def delete_table(self, name: str) -> None:
+        """Delete table `name` (its commit record first on object stores, so it disappears in one step)."""
+        directory = self._p("tables", self._table(name))
+        if cm.uses_record(self.fs):
+            cm.drop(self.fs, directory)
+        elif self.fs.exists(directory):
+            self.fs.rm(directory, recursive=True)
+
+    def _split_table_path(self, path: str) -> tuple[str, str]:
+        tables_dir = self._p("tables")
+        rel = cm.relative(tables_dir, path)
+        name, _, inside = rel.partition("/")
+        if not inside:
+            raise ValueError(f"{path} is not a file inside a table directory under {tables_dir}")
+        return posixpath.join(tables_dir, self._table(name)), inside
+
+    def _require_table(self, name: str) -> None:
+        if not self.table_exists(name):
+            self.require_exists()
+            have = self.list_tables()
+            raise TableNotFoundError(
+                f"run {self.run_id!r} has no table {name!r} (looked in {self.table_path(name)});"
+                f" existing tables: {have or 'none'}. Run the phase that writes it first."
+            )
 
     def write_table(self, name: str, df_or_arrow: Any, partition_cols: list[str] | None = None) -> str:
         """Validate against `SCHEMAS[name]` (when declared) and write the whole table atomically; return its path.
@@ -213,13 +297,7 @@ class RunStore:
 
     def read_table(self, name: str, filters: Any = None, columns: list[str] | None = None) -> pd.DataFrame:
         """Table `name` as a DataFrame with its declared types; `filters` as pyarrow expression or DNF tuples."""
-        if not self.table_exists(name):
-            self.require_exists()
-            have = self.list_tables()
-            raise TableNotFoundError(
-                f"run {self.run_id!r} has no table {name!r} (looked in {self.table_path(name)});"
-                f" existing tables: {have or 'none'}. Run the phase that writes it first."
-            )
+        self._require_table(name)
         return tables.read_dataset(self.fs, self._p("tables", name), name, filters, columns)
 
     def checkpoint_dir(self, model: str, stage: str) -> str:

@@ -3,14 +3,21 @@
 A table is a directory holding `part-*.parquet` files (hive `col=value/` subdirectories when partitioned) and a
 `_common_metadata` file with the full schema and the partition columns, so readers get the written types back.
 Files starting with `.` or `_` are invisible to pyarrow datasets; all temporaries use a leading dot.
+
+Publishing: on local disk a whole-table write builds a hidden temporary directory and renames it into place
+(storage/atomic.py). Elsewhere (object stores cannot rename) data objects get unique names and the `_SUCCESS`
+commit record, written last, says which of them form the table (storage/commit.py); readers here read only
+those.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
@@ -20,7 +27,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
-from sparselens.storage.atomic import atomic_directory, is_local, temp_name
+from sparselens.storage import commit as cm
+from sparselens.storage.atomic import atomic_directory, atomic_write_bytes, is_local, remove_stale_temps, temp_name
 from sparselens.storage.schemas import SCHEMAS, is_snake_case
 
 COMPRESSION = "zstd"
@@ -95,7 +103,9 @@ def _partitioning(schema: pa.Schema, cols: list[str]) -> ds.Partitioning | None:
     return ds.partitioning(pa.schema([schema.field(c) for c in cols]), flavor="hive")
 
 
-def _write_files(fs: AbstractFileSystem, directory: str, table: pa.Table, cols: list[str], basename: str) -> None:
+def _write_files(fs: AbstractFileSystem, directory: str, table: pa.Table, cols: list[str], basename: str) -> list[str]:
+    """Write `table` as Parquet files under `directory`; return their paths relative to it."""
+    written: list[str] = []
     ds.write_dataset(
         table,
         base_dir=directory,
@@ -106,7 +116,9 @@ def _write_files(fs: AbstractFileSystem, directory: str, table: pa.Table, cols: 
         file_options=ds.ParquetFileFormat().make_write_options(compression=COMPRESSION),
         existing_data_behavior="overwrite_or_ignore",
         create_dir=True,
+        file_visitor=lambda f: written.append(cm.relative(directory, f.path)),
     )
+    return written
 
 
 def _write_meta(fs: AbstractFileSystem, directory: str, schema: pa.Schema, cols: list[str]) -> None:
@@ -117,7 +129,13 @@ def _write_meta(fs: AbstractFileSystem, directory: str, schema: pa.Schema, cols:
 
 
 def read_meta(fs: AbstractFileSystem, directory: str) -> tuple[pa.Schema | None, list[str]]:
-    """The schema and partition columns a table was written with; (None, []) for datasets without metadata."""
+    """The schema and partition columns a table was written with; (None, []) for datasets without metadata.
+
+    Where the table has a commit record, they come from it (the `_common_metadata` file may belong to a write
+    that died before its commit)."""
+    commit = cm.read_commit(fs, directory)
+    if commit is not None:
+        return commit.schema, list(commit.partition_cols)
     path = posixpath.join(directory, META_FILE)
     if not fs.exists(path):
         return None, []
@@ -134,33 +152,90 @@ def write_dataset(
     table = conform(name, data)
     cols = list(partition_cols or [])
     _partitioning(table.schema, cols)
+    if cm.uses_record(fs):
+        _commit_new_version(fs, directory, table, cols)
+        return table
     with atomic_directory(fs, directory) as tmp:
         _write_files(fs, tmp, table, cols, "part-{i}.parquet")
         _write_meta(fs, tmp, table.schema, cols)
     return table
 
 
-def append_dataset(fs: AbstractFileSystem, directory: str, name: str, data: Any) -> None:
-    """Add `data` to an existing dataset as new uniquely named files, each published atomically.
+@contextlib.contextmanager
+def _new_objects(fs: AbstractFileSystem, directory: str) -> Iterator[str]:
+    """A write id for new data objects; if the block raises, the objects it wrote are deleted again."""
+    write_id = cm.new_write_id()
+    try:
+        yield write_id
+    except BaseException:
+        with contextlib.suppress(Exception):
+            cm.sweep(fs, directory, (), prefix=f"part-{write_id}-")
+        raise
 
-    The rows are validated against the schema the dataset was written with. Each new file appears whole or not
-    at all; an append that spans several partitions is not atomic as a whole.
+
+def _commit_new_version(fs: AbstractFileSystem, directory: str, table: pa.Table, cols: list[str]) -> None:
+    """Object-store write of a whole table: unique data objects, metadata, the record, then the old objects go."""
+    remove_stale_temps(fs, directory)
+    with cm.table_lock(fs, directory), _new_objects(fs, directory) as write_id:
+        files = _write_files(fs, directory, table, cols, f"part-{write_id}-{{i}}.parquet")
+        _write_meta(fs, directory, table.schema, cols)
+        commit = cm.Commit(tuple(files), tuple(cols), table.schema.remove_metadata(), write_id)
+        cm.publish(fs, directory, commit)
+    cm.sweep(fs, directory, commit.files)
+
+
+def append_dataset(fs: AbstractFileSystem, directory: str, name: str, data: Any) -> None:
+    """Add `data` to an existing dataset as new uniquely named files.
+
+    The rows are validated against the schema the dataset was written with. Local disk: each new file appears
+    whole or not at all (an append that spans several partitions is not atomic as a whole). Object stores: the
+    files join the table together, by one update of its commit record.
     """
     schema, cols = read_meta(fs, directory)
     table = conform(name, data, schema)
+    if cm.uses_record(fs):
+        with _new_objects(fs, directory) as write_id:
+            files = _write_files(fs, directory, table, cols, f"part-{write_id}-{{i}}.parquet")
+            cm.add_files(fs, directory, files, write_id)
+        return
     staging = temp_name(directory, "append")
     try:
         _write_files(fs, staging, table, cols, f"part-{uuid.uuid4().hex[:12]}-{{i}}.parquet")
         for src in fs.find(staging):
             dst = posixpath.join(directory, posixpath.relpath(src, staging))
             fs.makedirs(posixpath.dirname(dst), exist_ok=True)
-            if is_local(fs):
-                os.replace(src, dst)
-            else:
-                fs.mv(src, dst)
+            os.replace(src, dst)
     finally:
         if fs.exists(staging):
             fs.rm(staging, recursive=True)
+
+
+def write_part(fs: AbstractFileSystem, directory: str, relpath: str, data: bytes) -> None:
+    """Add (or rewrite with the same content) one Parquet file at `relpath` of an existing table.
+
+    Local disk: a temporary name and a rename. Object stores: one PUT, then the file joins the commit record.
+    """
+    path = posixpath.join(directory, relpath)
+    if not cm.uses_record(fs):
+        atomic_write_bytes(fs, path, data)
+        return
+    fs.pipe_file(path, data)
+    cm.add_files(fs, directory, [cm.relative(directory, path)], cm.new_write_id())
+
+
+def part_exists(fs: AbstractFileSystem, directory: str, relpath: str) -> bool:
+    """True when the file at `relpath` is part of the table (on object stores: listed by its commit record)."""
+    commit = cm.read_commit(fs, directory)
+    if commit is None:
+        return fs.exists(posixpath.join(directory, relpath))
+    return posixpath.normpath(relpath) in commit.files
+
+
+def dataset_source(fs: AbstractFileSystem, directory: str) -> str | list[str]:
+    """What a dataset reader should open: the table's committed files where it has a commit record, else its
+    directory (paths on `fs`, no protocol)."""
+    files = cm.committed_files(fs, directory)
+    return directory if files is None else files
 
 
 def read_dataset(
@@ -168,15 +243,32 @@ def read_dataset(
 ) -> pd.DataFrame:
     """Read a dataset into pandas with the written (or declared) schema.
 
-    `filters` is a pyarrow expression or pandas-style DNF, e.g. `[("seq_len", "=", 512)]`.
+    `filters` is a pyarrow expression or pandas-style DNF, e.g. `[("seq_len", "=", 512)]`. Where the table has a
+    commit record only its committed files are read; a file deleted under us by a newer commit is retried once.
     """
-    schema, cols = read_meta(fs, directory)
-    schema = schema or SCHEMAS.get(name)
-    if schema is not None:
-        partitioning = _partitioning(schema, cols) if cols else "hive"
+    try:
+        return _read_dataset(fs, directory, name, filters, columns)
+    except FileNotFoundError:
+        if not cm.uses_record(fs):
+            raise
+        return _read_dataset(fs, directory, name, filters, columns)
+
+
+def _read_dataset(
+    fs: AbstractFileSystem, directory: str, name: str, filters: Any, columns: list[str] | None
+) -> pd.DataFrame:
+    commit = cm.read_commit(fs, directory)
+    if commit is None:
+        (schema, cols), source, base = read_meta(fs, directory), directory, {}
     else:
-        partitioning = "hive"
-    dataset = ds.dataset(directory, schema=schema, format="parquet", filesystem=arrow_fs(fs), partitioning=partitioning)
+        schema, cols = commit.schema, list(commit.partition_cols)
+        source = [posixpath.join(directory, f) for f in commit.files]
+        base = {"partition_base_dir": directory}
+    schema = schema or SCHEMAS.get(name)
+    partitioning = _partitioning(schema, cols) if schema is not None and cols else "hive"
+    dataset = ds.dataset(
+        source, schema=schema, format="parquet", filesystem=arrow_fs(fs), partitioning=partitioning, **base
+    )
     if columns is not None:
         unknown = [c for c in columns if c not in dataset.schema.names]
         if unknown:

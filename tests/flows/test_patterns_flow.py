@@ -10,22 +10,8 @@ import asyncio
 
 import pytest
 
-from sparselens.capture import capture_run
-from sparselens.config import PatternsParams, get_preset
+from sparselens.config import PatternsParams
 from sparselens.flows.patterns import patterns
-from sparselens.models import build_model
-from sparselens.storage import RunStore
-
-
-@pytest.fixture(scope="module")
-def captured_untrained(tmp_path_factory) -> RunStore:
-    preset = get_preset("tiny")
-    store = RunStore(str(tmp_path_factory.mktemp("patterns-flow")), "p2flow")
-    store.create(preset.to_dict())
-    for name, attention in (("dense", "dense"), ("dsa", "dsa")):
-        store.save_model(name, build_model(preset.model.replace(attention=attention)))
-    capture_run(store, preset.with_section("capture", seq_lens=(32, 64), n_samples=1).capture)
-    return store
 
 
 async def _artifact_keys(run_id: str) -> set[str]:

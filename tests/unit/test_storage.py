@@ -1,4 +1,4 @@
-"""Run store: tables, atomic writes, checkpoints, models and the manifest, on local disk and memory://."""
+"""Run store: tables, atomic writes, checkpoints, models and the manifest, on local disk, memory:// and S3."""
 
 from __future__ import annotations
 
@@ -31,11 +31,15 @@ from sparselens.storage import atomic as atomic_mod
 from sparselens.storage import tables as tables_mod
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def root(request, tmp_path):
-    """A store root on local disk or in fsspec's memory filesystem (removed afterwards)."""
+    """A store root on local disk, in fsspec's memory filesystem (removed afterwards) or in a bucket of the test
+    S3 server (both object stores: tables published by a commit record)."""
     if request.param == "local":
         yield str(tmp_path / "data")
+        return
+    if request.param == "s3":
+        yield request.getfixturevalue("s3_root")
         return
     url = f"memory://sparselens-test-{uuid.uuid4().hex[:8]}"
     yield url
