@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -141,3 +142,57 @@ def test_train_deployment_runs_through_a_process_worker(deployed, tmp_path):
     assert store.has_model("dense") and store.has_model("dsa")
     assert len(store.read_table("train_log")) > 0
     assert store.read_manifest()["phases"]["train"]["status"] == "completed"
+
+
+READ = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+async def main():
+    async with get_client() as c:
+        out = {"deployments": {}, "automations": [], "runs": []}
+        for d in await c.read_deployments():
+            if d.name in ("benchmark", "monitor"):
+                out["deployments"][d.name] = {
+                    "limit": d.global_concurrency_limit.limit if d.global_concurrency_limit else None,
+                    "strategy": str(d.concurrency_options.collision_strategy) if d.concurrency_options else None,
+                    "schedules": [str(s.schedule) for s in d.schedules],
+                    "id": str(d.id),
+                }
+        out["automations"] = [a.model_dump(mode="json") for a in await c.read_automations()]
+        runs = await c.read_flow_runs()
+        out["runs"] = [{"deployment_id": str(r.deployment_id), "parameters": r.parameters} for r in runs]
+        print(json.dumps(out))
+asyncio.run(main())
+"""
+
+EMIT = """
+from prefect.events import emit_event
+emit_event(event="sparselens.champion.regressed",
+           resource={"prefect.resource.id": "sparselens.run.r1", "prefect.resource.name": "r1"},
+           payload={"run_id": "r1", "root": "/data/store", "verdict": "regressed"})
+"""
+
+
+def _read(env: dict) -> dict:
+    out = subprocess.run([sys.executable, "-c", READ], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_monitor_schedule_concurrency_and_regressed_trigger(deployed):
+    """Last in this module: the benchmark run the event starts must not meet the train test's worker."""
+    env, _ = deployed
+    state = _read(env)
+    monitor = state["deployments"]["monitor"]
+    assert monitor["limit"] == 1 and "CANCEL_NEW" in monitor["strategy"] and "17 */6 * * *" in monitor["schedules"][0]
+    triggers = [a["trigger"] for a in state["automations"]]
+    assert any("sparselens.champion.regressed" in t.get("expect", []) for t in triggers), triggers
+    done = subprocess.run([sys.executable, "-c", EMIT], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    bench_id, deadline, runs = state["deployments"]["benchmark"]["id"], time.time() + 90, []
+    while time.time() < deadline:
+        runs = [r for r in _read(env)["runs"] if r["deployment_id"] == bench_id]
+        if runs:
+            break
+        time.sleep(3)
+    assert runs and runs[0]["parameters"] == {"params": {"run_id": "r1", "root": "/data/store"}}
