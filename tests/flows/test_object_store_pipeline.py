@@ -15,7 +15,7 @@ import pytest
 from engines import check_every_engine
 from servers import stop_process_group, wait_until
 
-from sparselens.config import get_preset
+from sparselens.config import PIPELINE_PHASES, get_preset
 from sparselens.storage import RunStore
 
 TINY = get_preset("tiny").train
@@ -46,8 +46,7 @@ def test_tiny_pipeline_in_a_bucket_resumes_training_and_reads_with_every_engine(
     logged = sorted(log[log["stage"] == "warmup"]["step"])
     assert logged == list(range(TINY.dense_steps + TINY.log_every - 1, TINY.dense_steps + TINY.warmup_steps, 10))
     phases = store.read_manifest()["phases"]
-    assert {p: e["status"] for p, e in phases.items()} == dict.fromkeys(
-        ("train", "evaluate", "capture", "interpret", "patterns"), "completed"
-    )
+    assert {p: e["status"] for p, e in phases.items()} == dict.fromkeys(PIPELINE_PHASES, "completed")
     tables = check_every_engine(store)  # strict reads of the committed files: tests/unit/test_object_store.py
     assert {"train_log", "eval_loss", "query_stats", "selections", "phase2_sparsify"} <= set(tables)
+    assert {"phase3_candidates", "phase4_benchmark"} <= set(tables)  # Phase 3 and 4 in the bucket too
