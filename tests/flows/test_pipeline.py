@@ -3,6 +3,7 @@
 from sparselens.config import PHASES, SECTIONS, RunParams, get_preset, preset_from_dict
 from sparselens.flows.pipeline import pipeline
 from sparselens.storage import RunStore
+from sparselens.viz.report import BUNDLE_URLS, NETWORK, bundle_urls, without_bundle
 
 
 def test_pipeline_runs_every_phase_of_tiny(prefect_harness, tmp_path):
@@ -24,3 +25,8 @@ def test_pipeline_runs_every_phase_of_tiny(prefect_harness, tmp_path):
         assert store.table_exists(table), table
     report = store.read_text("report.html")
     assert "Phase 1" in report and "Phase 2" in report
+    order = [report.index(f"<h2>{title}") for title in ("Training", "Evaluation", "Phase 1", "Phase 2", "Phase 3")]
+    assert order == sorted(order)  # training and evaluation first, then the phases
+    assert len(report.encode()) < 5_000_000 and "<img" not in without_bundle(report)  # specs, not PNG images
+    assert not NETWORK.search(without_bundle(report)) and set(bundle_urls(report)) <= set(BUNDLE_URLS)
+    assert store.table_exists("eval_summary") and store.table_exists("eval_loss_samples")
