@@ -65,38 +65,47 @@ def task_table(tasks: pd.DataFrame | None, seq_len: int | None = None) -> pd.Dat
     return wide.assign(n=n).reset_index().rename(columns={"content_type": "task", "seq_len": "length"})
 
 
+SERIES = {  # train_log stage -> what its LM-loss curve is, in legend order
+    "pretrain": "dense pre-training (shared)",
+    "dense_continue": "dense baseline (continued)",
+    "warmup": "DSA warm-up (main model frozen)",
+    "sparse": "DSA sparse stage",
+}
+SERIES_COLORS = ["#7f7f7f", "#1f77b4", "#ffbb78", "#d62728"]
+
+
 def loss_curves_chart(log: pd.DataFrame) -> alt.VConcatChart:
     """LM loss per logged step of every stage (dense: pretrain then dense_continue; DSA: warmup then sparse), and
-    the indexer KL of the DSA stages."""
-    lm = log.dropna(subset=["lm_loss"])
+    the indexer KL of the DSA stages (log scale)."""
+    lm = log.dropna(subset=["lm_loss"]).assign(series=lambda d: d["stage"].map(SERIES).fillna(d["stage"]))
+    color = alt.Color(
+        "series:N", scale=alt.Scale(domain=list(SERIES.values()), range=SERIES_COLORS), title=None,
+        legend=alt.Legend(orient="top", columns=2),
+    )  # fmt: skip
+    tooltip = ["model", "stage", "step", alt.Tooltip("lm_loss:Q", format=".4f"), alt.Tooltip("lr:Q", format=".2e")]
     curves = (
         alt.Chart(lm)
-        .mark_line(point=alt.OverlayMarkDef(size=12))
+        .mark_line(point=alt.OverlayMarkDef(size=10), strokeWidth=1.5)
         .encode(
             x=alt.X("step:Q", title="global step"),
-            y=alt.Y("lm_loss:Q", title="LM loss (nats / byte)", scale=alt.Scale(zero=False)),
-            color=alt.Color("stage:N", sort=["pretrain", "dense_continue", "warmup", "sparse"]),
-            strokeDash=alt.StrokeDash("model:N", legend=alt.Legend(symbolType="stroke")),
-            tooltip=[
-                "model",
-                "stage",
-                "step",
-                alt.Tooltip("lm_loss:Q", format=".4f"),
-                alt.Tooltip("lr:Q", format=".2e"),
-            ],
+            y=alt.Y("lm_loss:Q", title="LM loss on the step's batch (nats / byte)", scale=alt.Scale(zero=False)),
+            color=color,
+            tooltip=tooltip,
         )
-        .properties(width=760, height=240, title="Training loss (every logged step)")
+        .properties(width=760, height=240, title="Training loss (every logged step; both models see the same batches)")
     )
-    kl = log.dropna(subset=["kl_loss"])
+    kl = log.dropna(subset=["kl_loss"]).assign(series=lambda d: d["stage"].map(SERIES).fillna(d["stage"]))
     if kl.empty:
         return alt.vconcat(curves)
     kl_chart = (
         alt.Chart(kl)
-        .mark_line(point=alt.OverlayMarkDef(size=12))
+        .mark_line(point=alt.OverlayMarkDef(size=10), strokeWidth=1.5)
         .encode(
             x=alt.X("step:Q", title="global step"),
-            y=alt.Y("kl_loss:Q", title="indexer KL (nats)", scale=alt.Scale(type="log")),
-            color=alt.Color("stage:N", sort=["warmup", "sparse"]),
+            y=alt.Y("kl_loss:Q", title="indexer KL (nats)", scale=alt.Scale(type="log"), axis=alt.Axis(tickCount=4)),
+            color=alt.Color(
+                "series:N", scale=alt.Scale(domain=list(SERIES.values()), range=SERIES_COLORS), legend=None
+            ),
             tooltip=["stage", "step", alt.Tooltip("kl_loss:Q", format=".4f")],
         )
         .properties(width=760, height=140, title="Indexer KL to the dense attention (DSA stages)")

@@ -164,6 +164,8 @@ def phase2_key_numbers(store: RunStore) -> dict[str, pd.DataFrame]:
     efficiency = eff.groupby(["model", "method"], as_index=False)[
         ["auc_vs_oracle", "op_density", "op_recall", "op_regret", "flops_vs_dense", *spread]
     ].mean()
+    if spread:
+        efficiency["n_samples"] = efficiency["n_samples"].round().astype(int)
     sp = store.read_table("phase2_sparsify")
     sp = sp[(sp["content_type"] == "all") & sp["sparsified"]].assign(head_name=lambda d: _label(d))
     cols = ["head_name", "kind", "coverage", "fit_density", "base_loss", "delta_loss"]

@@ -50,6 +50,12 @@ th, td { border: 1px solid #ccc; padding: 2px 8px; text-align: right; } th { bac
 figure { margin: 1em 0 2em; overflow-x: auto; } figcaption { font-size: 0.9em; color: #555; }
 .vega-view { min-height: 40px; } nav li { margin: 2px 0; } .note { color: #555; font-size: 0.9em; }
 """
+REPORT_BUDGET = 4_500_000  # bytes of report.html; the largest linkable figures become links beyond it
+FIGURE = re.compile(
+    r'<figure class="vega">.*?<script type="application/json" class="vega-spec">(?P<spec>.*?)</script>'
+    r'<figcaption>(?P<caption>.*?)(?: \(<a href="(?P<href>[^"]*)">open alone</a>\))?</figcaption></figure>',
+    re.DOTALL,
+)
 EMBED = """
 document.querySelectorAll("figure.vega").forEach(function (fig) {
   var view = fig.querySelector("div.vega-view");
@@ -159,6 +165,32 @@ def without_bundle(page: str) -> str:
     return page if start < 0 else page[:start] + page[end + len(BUNDLE_END) :]
 
 
+def _within_budget(body: str, budget: int) -> str:
+    """`body` with its largest linkable figures (those with an `href`) replaced by links until it fits `budget`
+    bytes: the report stays small enough to open and send, every chart stays one click away."""
+    figures = [m for m in FIGURE.finditer(body) if m.group("href")]
+    excess = len(body.encode()) - budget
+    drop = set()
+    for m in sorted(figures, key=lambda m: len(m.group(0)), reverse=True):
+        if excess <= 0:
+            break
+        drop.add(m.start())
+        excess -= len(m.group(0)) - 300
+    if not drop:
+        return body
+
+    def link(m: re.Match) -> str:
+        if m.start() not in drop:
+            return m.group(0)
+        href, size = m.group("href"), len(m.group("spec")) / 1e6
+        return (
+            f'<figure class="linked"><p><a href="{href}">{m.group("caption")}</a>: interactive chart on its own page '
+            f"({size:.1f} MB of chart data, left out to keep this page under {REPORT_BUDGET / 1e6:.1f} MB)</p></figure>"
+        )
+
+    return FIGURE.sub(link, body)
+
+
 def build_report(store: RunStore) -> str:
     """Assemble `report.html` from every stored section; return its path."""
     sections = read_sections(store)
@@ -167,10 +199,10 @@ def build_report(store: RunStore) -> str:
         f'<section id="{html.escape(s["key"])}"><h2>{html.escape(s["title"])}</h2>{s["body"]}</section>'
         for s in sections
     ]
-    body = "".join(parts)
-    scripts = ""
+    body, scripts = "".join(parts), ""
     if 'class="vega-spec"' in body:
         bundle = vega_bundle().replace("</script", "<\\/script")
+        body = _within_budget(body, REPORT_BUDGET - len(bundle) - 20_000)  # the bundle and the page around it
         scripts = f"{BUNDLE_START}<script>{bundle}</script>{BUNDLE_END}<script>{EMBED}</script>"
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

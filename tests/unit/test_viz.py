@@ -11,7 +11,7 @@ import pytest
 
 from sparselens.storage import RunStore
 from sparselens.viz.attention_charts import Panel, heatmap_grid
-from sparselens.viz.raster import COLOR_STOPS, FUTURE_RGB, colorize, png_bytes
+from sparselens.viz.raster import COLOR_STOPS, FUTURE_RGB, colorize, colorize_indexed, png_bytes, png_palette_bytes
 from sparselens.viz.report import (
     BUNDLE_START,
     BUNDLE_URLS,
@@ -106,3 +106,37 @@ def test_figures_embed_specs_and_the_report_inlines_one_offline_bundle(tmp_path)
     write_section(store, "u", "U", "<p>none</p>", order=20)
     build_report(store)
     assert BUNDLE_START not in store.read_text("report.html")  # no figure, no bundle
+
+
+def test_palette_png_roundtrip_and_colour_levels():
+    values = np.array([[1.0, np.nan, 1e-4], [1e-9, 1e-2, 0.5]])
+    index, palette = colorize_indexed(values, 1e-4, 1.0, levels=9)
+    assert index.tolist() == [[8, 9, 0], [0, 4, 7]] and tuple(palette[9]) == FUTURE_RGB  # 2 levels per decade
+    np.testing.assert_array_equal(palette[[0, 8]], colorize(np.array([[1e-4, 1.0]]), 1e-4, 1.0)[0])
+    data = png_palette_bytes(index, palette)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and b"PLTE" in data
+    pos, idat = 8, b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(2, 4)
+    np.testing.assert_array_equal(raw[:, 1:], index)
+    with pytest.raises(ValueError, match="palette"):
+        png_palette_bytes(index, palette[:5])
+
+
+def test_a_report_over_budget_links_its_largest_charts(tmp_path, monkeypatch):
+    import sparselens.viz.report as report
+
+    store = RunStore(str(tmp_path), "r")
+    chart = alt.Chart(pd.DataFrame({"x": range(3000), "y": range(3000)})).mark_point().encode(x="x:Q", y="y:Q")
+    small = alt.Chart(pd.DataFrame({"x": [1]})).mark_point().encode(x="x:Q")
+    body = figure_html(chart.to_json(), "big", "charts/big.html") + figure_html(small.to_json(), "small", "s.html")
+    write_section(store, "s", "S", body, order=10)
+    monkeypatch.setattr(report, "REPORT_BUDGET", len(report.vega_bundle()) + 60_000)
+    build_report(store)
+    page = store.read_text("report.html")
+    assert page.count('class="vega-spec"') == 1 and '<a href="charts/big.html">big</a>: interactive chart' in page
+    assert len(page.encode()) <= report.REPORT_BUDGET
