@@ -48,11 +48,11 @@ def _seconds(seconds: float) -> str:
 class TerminalDisplay:
     """Progress bars on a terminal (rich), or plain throttled lines when the stream is not a terminal."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, force_terminal: bool | None = None) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        self.console = Console(file=stream or sys.stderr)
+        self.console = Console(file=stream or sys.stderr, force_terminal=force_terminal)
         self._lock = threading.Lock()
         self._last_line: dict[int, float] = {}
         self.bars = None
@@ -87,8 +87,10 @@ class TerminalDisplay:
 
     def show(self, bar: int, label: str, done: float, total: float | None, count: str, info: str, final: bool) -> None:
         if self.bars is not None:
-            if final:
-                total = done = total or 1
+            if final:  # a finished step leaves the live area as one printed line, so only running bars stay
+                self.bars.remove_task(bar)
+                self.console.print(f"[green]✓[/] {label:<36} {count:>15}  {info}".rstrip(), highlight=False)
+                return
             self.bars.update(bar, total=total, completed=done if total is not None else 0, count=count, info=info)
             return
         now = time.monotonic()
@@ -109,7 +111,8 @@ class StepProgress:
     ) -> None:
         """`artifact=False`: the terminal bar only (a flow that publishes one artifact for several steps)."""
         self.label, self.total, self.unit = label, total, unit
-        self.t0, self.start_done, self._last = time.monotonic(), None, 0.0
+        self.created = self.t0 = time.monotonic()
+        self.start_done, self._last = None, 0.0
         key = artifact_key(run_id, f"{key}-progress")
         self.artifact = create_progress_artifact(0.0, key=key, description=label) if artifact else None
         self.display = _display
@@ -129,7 +132,7 @@ class StepProgress:
             self.start_done = done
             self.t0 = now if done else self.t0
         rate, left = rate_text(done, self.start_done, now - self.t0, self.total, self.unit)
-        took = f"in {_seconds(now - self.t0)}" if final else ""
+        took = f"in {_seconds(now - self.created)}" if final else ""
         text = "  ".join(x for x in (info, rate, took if final else left) if x)
         if self.display is not None:
             self.display.show(self.bar, self.label, done, self.total, self._count(done), text, final)
@@ -155,10 +158,10 @@ def step_progress(run_id: str, key: str, label: str, total: float | None = None,
 
 
 @contextlib.contextmanager
-def terminal_display(stream: TextIO | None = None) -> Iterator[TerminalDisplay]:
+def terminal_display(stream: TextIO | None = None, force_terminal: bool | None = None) -> Iterator[TerminalDisplay]:
     """Turn on terminal bars for every step run in this process while the block runs (the CLI wraps its flow)."""
     global _display
-    display = TerminalDisplay(stream)
+    display = TerminalDisplay(stream, force_terminal)
     _display = display
     try:
         with display:

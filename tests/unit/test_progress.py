@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 
 import pytest
 
@@ -73,3 +74,17 @@ def test_a_phase_ends_with_what_it_found(prefect_harness, tiny_run, run_copy, ca
 @pytest.mark.parametrize("argv", [["-v", "runs"], ["runs", "--root", "/nonexistent"]])
 def test_verbose_flag_is_accepted(argv, capsys):
     assert main(argv) == 0
+
+
+def test_on_a_terminal_running_steps_are_bars_and_finished_ones_print_a_line():
+    stream = io.StringIO()
+    with prog.terminal_display(stream, force_terminal=True) as display:
+        bar = prog.StepProgress("r", "train-sparse", "train dsa sparse", 250, artifact=False)
+        bar.update(50, "lm loss 2.0000")
+        task = display.bars.tasks[0]
+        assert (task.completed, task.total, task.fields["count"]) == (50, 250, "50/250 steps")
+        assert task.fields["info"] == "lm loss 2.0000"
+        bar.finish("lm loss 1.9000")
+        assert display.bars.tasks == []  # a finished step leaves the live area
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stream.getvalue())  # without colour and cursor codes
+    assert "✓ train dsa sparse" in text and "250/250 steps  lm loss 1.9000" in text
