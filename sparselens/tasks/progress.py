@@ -59,7 +59,7 @@ class TerminalDisplay:
         if self.console.is_terminal:
             self.bars = Progress(
                 SpinnerColumn(finished_text="[green]✓"),
-                TextColumn("{task.description:<26}"),
+                TextColumn("{task.description:<36}"),
                 BarColumn(bar_width=28),
                 TextColumn("{task.fields[count]:>15}"),
                 TimeElapsedColumn(),
@@ -112,7 +112,7 @@ class StepProgress:
         """`artifact=False`: the terminal bar only (a flow that publishes one artifact for several steps)."""
         self.label, self.total, self.unit = label, total, unit
         self.created = self.t0 = time.monotonic()
-        self.start_done, self._last = None, 0.0
+        self.start_done, self._last, self.info = None, 0.0, ""
         key = artifact_key(run_id, f"{key}-progress")
         self.artifact = create_progress_artifact(0.0, key=key, description=label) if artifact else None
         self.display = _display
@@ -127,6 +127,8 @@ class StepProgress:
         """`done` units of `total` so far (`total` given here once a step learns it); `info` is shown beside the bar
         (e.g. 'loss 2.314')."""
         self.total = self.total if total is None else total
+        self.info = info or (self.info if final else "")
+        info = self.info
         now = time.monotonic()
         if self.start_done is None:  # a resumed step starts part-way: its rate counts from its first report
             self.start_done = done
@@ -142,7 +144,8 @@ class StepProgress:
             update_progress_artifact(self.artifact, min(100.0, share), description=f"{self.label}: {text}".rstrip(": "))
 
     def finish(self, info: str = "") -> None:
-        """Mark the step done; a step that never reported work (e.g. resumed after it had finished) shows no rate."""
+        """Mark the step done (`info`: default the last one reported); a step that never reported work (e.g.
+        resumed after it had finished) shows no rate."""
         done = self.total if self.total is not None else 0
         if self.start_done is None:
             self.start_done = done
