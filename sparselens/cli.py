@@ -9,14 +9,20 @@
 Inputs are checked before Prefect starts, so a bad preset, k, setting, run id or checkpoint gives one clear
 error, exit code 2 and no new files. `sparselens phase monitor` exits 3 when the champion regressed (0 when it
 holds).
+A run shows a progress bar per long step (on a terminal; plain lines every
+30 s otherwise), keeps Prefect's and Dask's own logging at warning level unless `-v` is given, and ends with a short
+summary of what it found (loss ratios with intervals, recall against the oracle, task accuracy, the report's path).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
+import time
 from typing import Any
 
 # Idle OpenMP threads sleep instead of spinning: on a shared machine spinning made steps up to 100x slower.
@@ -50,11 +56,17 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # the first start migrates a database (~20 s)
 }
+QUIET_ENV = {  # the terminal's share of Prefect's and Dask's logging (the Prefect UI still gets every task log)
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    "DASK_LOGGING__DISTRIBUTED": "warning",  # this process and the Dask workers it starts
+}
+VERBOSE_HELP = "show Prefect's and Dask's own INFO logging (flow and task states, cluster events) instead of bars"
 SET_HELP = "a config value as KEY=VALUE (repeatable); VALUE is JSON (2, 0.5, [32, 64], null) or else a string"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparselens", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="create a run (or resume one) and execute the whole pipeline")
     run.add_argument("--preset", default=None, help="tiny (tests), quick (2-core CPU, default), full (GPU)")
@@ -62,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", default=None, help="run id (default: <preset>-<timestamp>)")
     run.add_argument("--topk", type=int, default=None, help="override the preset's k (keys per query)")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help=SET_HELP)
+    run.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     phase = sub.add_parser("phase", help="re-run one phase of an existing run")
     phase.add_argument("name", choices=PHASES)
     phase.add_argument("--run-id", required=True)
@@ -84,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     gen.add_argument("--seed", type=int, default=0)
+    phase.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     runs = sub.add_parser("runs", help="list the runs under a root")
     runs.add_argument("--root", default=DEFAULT_ROOT)
     return parser
@@ -140,8 +154,12 @@ def _run(args: argparse.Namespace) -> int:
     params = RunParams(preset=preset.name, root=args.root, run_id=args.run_id, topk=args.topk, overrides=overrides)
     from sparselens.flows.pipeline import pipeline
 
-    run_id = pipeline(params)
-    print(f"run {run_id} ({preset.name}) finished: {RunStore(args.root, run_id).path()}")
+    t0 = time.perf_counter()
+    with _progress(args.verbose):
+        run_id = pipeline(params)
+    store = RunStore(args.root, run_id)
+    print(f"\nrun {run_id} ({preset.name}) finished in {_duration(time.perf_counter() - t0)}: {store.path()}")
+    print(_findings(store, preset.train.seq_len))
     return 0
 
 
@@ -179,11 +197,17 @@ def _phase(args: argparse.Namespace) -> int:
     from sparselens.flows import phase_flow
 
     flow, _ = phase_flow(args.name)
-    result = flow(params)
+    t0 = time.perf_counter()
+    with _progress(args.verbose):
+        result = flow(params)
     if args.name == "monitor":
         print(f"monitor of run {args.run_id}: champion {result['champion']} {result['verdict']}")
         return EXIT_REGRESSED if result["regressed"] else 0
-    print(f"phase {args.name} of run {args.run_id} finished: {store.path()}")
+    print(f"\nphase {args.name} of run {args.run_id} finished in {_duration(time.perf_counter() - t0)}: {store.path()}")
+    if args.name == "evaluate":
+        print(_findings(store, run_preset(store).train.seq_len))
+    elif store.fs.exists(f"{store.run_dir}/report.html"):
+        print(f"Report: {store.path('report.html')}")
     return 0
 
 
@@ -204,10 +228,52 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def quiet_logging(verbose: bool) -> None:
+    """Prefect's console and Dask's loggers at WARNING (INFO with `verbose`), here and in the processes started
+    from here; a level the user set in the environment is kept."""
+    for key, value in QUIET_ENV.items():
+        if verbose:
+            os.environ[key] = "INFO" if key.startswith("PREFECT") else "info"
+        else:
+            os.environ.setdefault(key, value)
+    level = logging.INFO if verbose else logging.WARNING
+    logging.getLogger("distributed").setLevel(level)  # when Dask was imported before the environment was set
+    if "prefect" in sys.modules:
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(level)
+
+
+def _progress(verbose: bool) -> contextlib.AbstractContextManager:
+    """Terminal progress bars while a flow runs (not with `-v`, whose log lines already say it)."""
+    if verbose:
+        return contextlib.nullcontext()
+    from sparselens.tasks.progress import terminal_display
+
+    return terminal_display()
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def _findings(store: RunStore, train_seq_len: int) -> str:
+    """What the run found, in a few lines (sparselens.viz.eval_report.run_summary_text)."""
+    from sparselens.viz.eval_report import run_summary_text
+
+    report = store.path("report.html") if store.fs.exists(f"{store.run_dir}/report.html") else None
+    return run_summary_text(store, train_seq_len, report)
+
+
 def main(argv: list[str] | None = None) -> int:
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     args = _parser().parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
+    quiet_logging(args.verbose)
     try:
         if args.command == "run":
             return _run(args)

@@ -41,8 +41,8 @@ def pattern_mask(kind: str, params: dict, n_queries: int, n_keys: int, attn: np.
 
 
 def _block_mask(params: dict, pos: np.ndarray, n_keys: int) -> np.ndarray:
-    block, rows = params["block_size"], params["key_blocks"]
-    n_blocks = (n_keys - 1) // block + 1
+    block, rows, phase = params["block_size"], params["key_blocks"], params.get("phase", 0)  # block i: [ib - phase, ..)
+    n_blocks = (n_keys - 1 + phase) // block + 1
     if len(rows) != n_blocks:
         raise ValueError(
             f"block params hold {len(rows)} query-block rows but K={n_keys} needs {n_blocks}; a block "
@@ -51,7 +51,7 @@ def _block_mask(params: dict, pos: np.ndarray, n_keys: int) -> np.ndarray:
     table = np.zeros((n_blocks, n_blocks), dtype=bool)  # [query block, key block]
     for r, cols in enumerate(rows):
         table[r, cols] = True
-    return table[(pos // block)[:, None], (np.arange(n_keys) // block)[None, :]]  # [Q, K]
+    return table[((pos + phase) // block)[:, None], ((np.arange(n_keys) + phase) // block)[None, :]]  # [Q, K]
 
 
 def coverage(attn: np.ndarray, mask: np.ndarray) -> float:

@@ -160,7 +160,7 @@ def phase4_body(store: RunStore, saved: list[SavedChart]) -> str:
     parts += ["<h3>Every model</h3>", table_html(summary_table(df, champion), 3)]
     ups = speedups(df)
     parts += ["<h3>Speed against dense (dense ms / model ms)</h3>", table_html(ups[ups["model"] != "dense"], 3)]
-    parts += [figure_html(c.png_bytes, c.title, c.html) for c in saved]
+    parts += [figure_html(c.spec_json, c.title, c.html) for c in saved]
     return "".join(parts)
 
 

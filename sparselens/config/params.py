@@ -101,6 +101,9 @@ class PatternsParams(PhaseParams):
     n_workers: int | None = Field(None, ge=1, description="LocalCluster workers (one core each); default 2")
     budget: float | None = Field(None, gt=0, le=1, description="classify budget, a fraction of the keys")
     efficiency_seq_lens: list[int] | None = Field(None, description="lengths of the recall-density curves")
+    efficiency_samples: int | None = Field(
+        None, ge=1, description="validation samples per model, content type and length of the recall-density curves"
+    )
     sparsify_samples: int | None = Field(
         None, ge=1, description="validation samples per content type for sparsify-one-head"
     )

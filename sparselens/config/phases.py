@@ -92,6 +92,7 @@ class PatternsConfig:
     budget: float = BUDGET  # classify_head budget, a fraction of the keys (MInference's block-sparse density)
     max_queries: int = MAX_QUERIES  # maps longer than this are classified on their last max_queries queries
     efficiency_seq_lens: tuple[int, ...] = ()  # lengths of the recall-density curves; () = the training length
+    efficiency_samples: int = 3  # validation samples per (model, content type, length) of the curves: mean + spread
     sparsify_seq_len: int | None = None  # length of the sparsify-one-head losses; None = the training length
     sparsify_samples: int = 4  # validation samples per content type for each sparsify loss (seed 1)
     density_points: int = 40  # log-spaced densities each curve is stored at
@@ -103,7 +104,14 @@ class PatternsConfig:
     def __post_init__(self) -> None:
         if not 0 < self.budget <= 1:
             raise ConfigError(f"budget={self.budget} must be a fraction of the keys in (0, 1]")
-        for name in ("max_queries", "sparsify_samples", "density_points", "n_workers", "min_cluster_size"):
+        for name in (
+            "max_queries",
+            "efficiency_samples",
+            "sparsify_samples",
+            "density_points",
+            "n_workers",
+            "min_cluster_size",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.max_k < 2:

@@ -104,7 +104,7 @@ def _tiny() -> Preset:
         eval=EvalConfig(length_multipliers=(1, 2), n_samples=2, batch_size=2, recall_samples=2),
         capture=CaptureConfig(seq_lens=(32, 64, 128), n_samples=2, topk_samples=1, top_m=16, chunk_elements=2**18),
         interpret=InterpretConfig(full_map_max_len=64, pooled_blocks=16, view_content_types=("assoc_recall",)),
-        patterns=PatternsConfig(sparsify_samples=1, density_points=16, max_k=4),
+        patterns=PatternsConfig(efficiency_samples=2, sparsify_samples=2, density_points=16, max_k=4),
         optimize=OptimizeConfig(
             finetune_steps=10,
             warmup_steps=5,
@@ -174,7 +174,7 @@ def _full() -> Preset:
             seq_lens=(1024, 2048, 4096), n_samples=16, topk_samples=2, chunk_elements=2**28, device="cuda"
         ),
         interpret=InterpretConfig(full_map_max_len=512, pooled_blocks=128, panel_px=200),
-        patterns=PatternsConfig(sparsify_samples=8, density_points=60),
+        patterns=PatternsConfig(efficiency_samples=8, sparsify_samples=8, density_points=60),
         optimize=OptimizeConfig(
             finetune_steps=1000,
             warmup_steps=200,

@@ -8,7 +8,7 @@ import posixpath
 from sparselens.interpret.run import key_numbers
 from sparselens.storage import RunStore
 from sparselens.viz.markdown import Summary, markdown_table, records
-from sparselens.viz.report import build_report, figure_html, table_html, write_section
+from sparselens.viz.report import build_report, chart_figure, table_html, write_section
 
 SECTION_KEY = "phase1"
 SECTION_ORDER = 30  # after training (10) and evaluation (20), before Phase 2 (40)
@@ -41,7 +41,7 @@ def phase1_body(store: RunStore) -> str:
             continue
         parts.append(f"<h3>{html.escape(heading)}</h3>")
         for row in rows.itertuples(index=False):
-            parts.append(figure_html(store.read_bytes(row.png), row.title, row.html))  # paths relative to report
+            parts.append(chart_figure(store, row.html, row.title))  # paths relative to report
     return "".join(parts)
 
 

@@ -2,14 +2,17 @@
 
 The capture tables hold what a DSA head *used* (its k selected keys) and per-query summaries of the indexer, but
 not the dense map a DSA head would have had nor the indexer's full score rows, which the efficiency curves need.
-So these units capture directly from the run's models (the same validation sample 0 that capture keeps maps of):
+So these units capture directly from the run's models (the validation samples capture keeps maps of, from 0):
 
 - :func:`efficiency_unit` (model, content_type, seq_len): per head, every method's recall on a density grid
   (`phase2_curves`) and its AUC, regret against the oracle and FLOPs per query (`phase2_efficiency`), on the
-  dense model's attention or the DSA model's dense attention (``hook_dense_pattern``) with its indexer scores.
+  dense model's attention or the DSA model's dense attention (``hook_dense_pattern``) with its indexer scores;
+  measured on each of `patterns.efficiency_samples` samples alone and reported as the mean, with a 95% interval
+  over samples of the AUC and of the recall at the operating point.
 - :func:`sparsify_unit` (model, layer): fit each head's pattern per content type on the probabilities it used on
   that type's sample 0 (as classified in the features), then replace the head's attention with those patterns and
-  measure the validation loss on other samples (validation seed 1) against the untouched model. ``scattered``
+  measure the validation loss on other samples (validation seed 1) against the untouched model, with a 95% paired
+  bootstrap interval over those samples of the loss change (``delta_low``, ``delta_high``). ``scattered``
   becomes each query's own top keys; ``broad`` has no sparse pattern and is left as it is (``sparsified`` False).
 
 Each unit loads the model from the run store and runs with one torch thread (one core per Dask worker), restoring
@@ -32,6 +35,7 @@ from sparselens.analysis.patterns import budget_keys, classify_head
 from sparselens.data.dataset import CONTENT_TYPES, stack_tokens, validation_samples
 from sparselens.models import capture
 from sparselens.phase2.sparsify import fit_mask, mean_loss, per_sample_mask, replaced_head
+from sparselens.stats import mean_interval, paired_bootstrap
 from sparselens.storage import RunStore
 from sparselens.threads import torch_threads
 
@@ -122,31 +126,61 @@ def _head_rows(keys: dict, curves: dict, fits: dict, grid: np.ndarray, cfg, budg
 
 @one_thread
 def efficiency_unit(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Curves and metrics of every head of one (model, content_type, seq_len); spec: root, run_id, model,
-    content_type, seq_len, budget, grid (number of densities)."""
+    """Curves and metrics of every head of one (model, content_type, seq_len) over ``n_samples`` validation samples
+    (spec: root, run_id, model, content_type, seq_len, budget, grid = number of densities, n_samples): each sample's
+    map is measured alone, then `mean_over_samples` reports the mean with its spread."""
     model = load_model(spec["root"], spec["run_id"], spec["model"])
     t = int(spec["seq_len"])
-    sample = validation_samples(spec["content_type"], t, 1)[0]
-    maps, scores = head_maps(model, stack_tokens([sample])[:, :-1])
     grid = eff.density_grid(int(spec["grid"]), t)
     curve_rows, metric_rows = [], []
-    for layer in range(maps.shape[0]):
-        for head in range(maps.shape[1]):
-            attn = maps[layer, head]
-            curves = eff.head_curves(attn, None if scores is None else scores[layer])
-            fits = eff.fit_points(attn, spec["budget"])
-            keys = {
-                "model": spec["model"],
-                "content_type": spec["content_type"],
-                "seq_len": t,
-                "layer": layer,
-                "head": head,
-                "kind": classify_head(attn, spec["budget"]).kind,
-            }
-            c, m = _head_rows(keys, curves, fits, grid, model.cfg, spec["budget"])
-            curve_rows += c
-            metric_rows += m
-    return pd.DataFrame(curve_rows), pd.DataFrame(metric_rows)
+    for i, sample in enumerate(validation_samples(spec["content_type"], t, int(spec.get("n_samples", 1)))):
+        maps, scores = head_maps(model, stack_tokens([sample])[:, :-1])
+        for layer in range(maps.shape[0]):
+            for head in range(maps.shape[1]):
+                attn = maps[layer, head]
+                curves = eff.head_curves(attn, None if scores is None else scores[layer])
+                fits = eff.fit_points(attn, spec["budget"])
+                keys = {
+                    "model": spec["model"],
+                    "content_type": spec["content_type"],
+                    "seq_len": t,
+                    "layer": layer,
+                    "head": head,
+                    "kind": classify_head(attn, spec["budget"]).kind,
+                    "sample": i,
+                }
+                c, m = _head_rows(keys, curves, fits, grid, model.cfg, spec["budget"])
+                curve_rows += c
+                metric_rows += m
+    return mean_over_samples(pd.DataFrame(curve_rows), pd.DataFrame(metric_rows))
+
+
+def mean_over_samples(curves: pd.DataFrame, metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per head and method: curves averaged over samples at each density; metrics averaged, with ``n_samples`` and
+    95% t-intervals over samples of ``auc`` and ``op_recall``. A head's ``kind`` is its most frequent kind over
+    the samples (ties: the first in alphabetical order)."""
+    head = ["model", "content_type", "seq_len", "layer", "head"]
+    kinds = metrics.drop_duplicates([*head, "sample"]).groupby(head)["kind"].agg(lambda k: k.value_counts().idxmax())
+    mean_curves = curves.groupby([*head, "method", "density"], as_index=False)["recall"].mean()
+    numeric = [c for c in metrics.columns if c not in (*head, "method", "kind", "sample")]
+    groups = metrics.groupby([*head, "method"], sort=False)
+    out = groups[numeric].mean()
+    for col in ("auc", "op_recall"):
+        intervals = groups[col].apply(lambda x: mean_interval(x.to_numpy()))
+        out[f"{col}_low"], out[f"{col}_high"] = [i.low for i in intervals], [i.high for i in intervals]
+    out["n_samples"] = groups.size()
+    out = out.reset_index()
+    return mean_curves.join(kinds, on=head), out.join(kinds, on=head)
+
+
+def _delta_interval(loss: np.ndarray, base: np.ndarray) -> dict[str, float]:
+    """95% paired-bootstrap interval over samples of mean(loss) - mean(base), and the per-sample sd of the change."""
+    ci = paired_bootstrap(loss, base, "diff")
+    return {
+        "delta_low": ci.low,
+        "delta_high": ci.high,
+        "delta_sd": float(np.std(loss - base, ddof=1)) if ci.n > 1 else float("nan"),
+    }
 
 
 def _fit_heads(model: torch.nn.Module, layer: int, t: int, budget) -> list[list]:
@@ -196,5 +230,6 @@ def sparsify_unit(spec: dict) -> pd.DataFrame:
                     "delta_loss": float((loss - base)[pick].mean()),
                     "n_samples": int(pick.sum()),
                 }
+                | _delta_interval(loss[pick], base[pick])
             )
     return pd.DataFrame(rows)

@@ -97,9 +97,18 @@ def submit_map(client: Any | None, fn: Callable, items: Sequence, priority: int 
     return client.map(fn, items, pure=False, priority=priority, **kwargs)
 
 
-def gather(client: Any | None, futures: list) -> list:
-    """Results of `submit_map` futures (a no-op without a client)."""
-    return futures if client is None else client.gather(futures)
+def gather(client: Any | None, futures: list, progress: Callable[[int, int], None] | None = None) -> list:
+    """Results of `submit_map` futures (a no-op without a client); `progress(done, total)` as each one finishes."""
+    if client is None:
+        if progress is not None:
+            progress(len(futures), len(futures))
+        return futures
+    if progress is not None:
+        from distributed import as_completed
+
+        for done, _ in enumerate(as_completed(futures, loop=client.loop), 1):
+            progress(done, len(futures))
+    return client.gather(futures)
 
 
 def n_workers(client: Any | None) -> int:

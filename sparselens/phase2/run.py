@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from sparselens.viz.phase2_report import FOLDER, chart_specs, write_phase2_repor
 from sparselens.viz.save import save_chart
 
 MODELS = ("dense", "dsa")
+Progress = Callable[[int, int], None]  # (work units done, work units in all)
 LONG_TASKS = 10  # Dask priority of the model units (seconds each): start them first, short tasks fill in after
 
 
@@ -108,6 +110,7 @@ def efficiency_specs(facts: RunFacts, cfg: PatternsConfig) -> list[dict]:
             "seq_len": int(t),
             "budget": cfg.budget,
             "grid": cfg.density_points,
+            "n_samples": cfg.efficiency_samples,
         }
         for m in facts.models
         for t in lengths
@@ -115,10 +118,13 @@ def efficiency_specs(facts: RunFacts, cfg: PatternsConfig) -> list[dict]:
     ]
 
 
-def write_efficiency(store: RunStore, cfg: PatternsConfig, client=None) -> dict[str, int]:
-    """Recall-density curves, AUC, regret and FLOPs of every head, one Dask task per (model, content, length)."""
+def write_efficiency(
+    store: RunStore, cfg: PatternsConfig, client=None, progress: Progress | None = None
+) -> dict[str, int]:
+    """Recall-density curves, AUC, regret and FLOPs of every head, one Dask task per (model, content, length);
+    `progress(done, total)` counts finished tasks."""
     specs = efficiency_specs(run_facts(store), cfg)
-    results = gather(client, submit_map(client, modelruns.efficiency_unit, specs, priority=LONG_TASKS))
+    results = gather(client, submit_map(client, modelruns.efficiency_unit, specs, priority=LONG_TASKS), progress)
     curves = pd.concat([c for c, _ in results], ignore_index=True)
     metrics = pd.concat([m for _, m in results], ignore_index=True)
     return {
@@ -144,10 +150,13 @@ def sparsify_specs(facts: RunFacts, cfg: PatternsConfig) -> list[dict]:
     ]
 
 
-def write_sparsify(store: RunStore, cfg: PatternsConfig, client=None) -> dict[str, int]:
-    """Sparsify one head at a time, every head of every model; one Dask task per (model, layer)."""
+def write_sparsify(
+    store: RunStore, cfg: PatternsConfig, client=None, progress: Progress | None = None
+) -> dict[str, int]:
+    """Sparsify one head at a time, every head of every model; one Dask task per (model, layer);
+    `progress(done, total)` counts finished tasks."""
     specs = sparsify_specs(run_facts(store), cfg)
-    results = gather(client, submit_map(client, modelruns.sparsify_unit, specs, priority=LONG_TASKS))
+    results = gather(client, submit_map(client, modelruns.sparsify_unit, specs, priority=LONG_TASKS), progress)
     return {"phase2_sparsify": _write(store, "phase2_sparsify", pd.concat(results, ignore_index=True))}
 
 

@@ -61,6 +61,19 @@ EVAL_LOSS = pa.schema(
         _key("n_samples", pa.int32(), "number of evaluated sequences"),
         field("loss", pa.float64(), "mean next-token cross-entropy, nats per token"),
         field("bits_per_byte", pa.float64(), "loss / ln(2); tokens are bytes"),
+        field("loss_low", pa.float64(), "95% t-interval of loss over the n_samples per-sample mean losses: low end"),
+        field("loss_high", pa.float64(), "high end of that interval"),
+    ]
+)
+
+EVAL_LOSS_SAMPLES = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        CONTENT_TYPE,
+        SEQ_LEN,
+        _key("sample_id", pa.string(), "validation sample id; the same ids for every model (paired comparisons)"),
+        field("loss", pa.float64(), "mean next-token cross-entropy of this sample, nats per token"),
     ]
 )
 
@@ -75,6 +88,50 @@ INDEXER_RECALL = pa.schema(
         field("recall", pa.float64(), "dense attention mass covered by the indexer's top-k, mean over queries"),
         field("oracle_recall", pa.float64(), "mass covered by the best possible k keys (dense top-k), same queries"),
         _key("n_queries", pa.int64(), "number of queries averaged"),
+        field("recall_low", pa.float64(), "95% t-interval of recall over samples (per-sample means): low end"),
+        field("recall_high", pa.float64(), "high end of that interval"),
+        field("oracle_low", pa.float64(), "95% t-interval of oracle_recall over samples: low end"),
+        field("oracle_high", pa.float64(), "high end of that interval"),
+        _key("n_samples", pa.int32(), "samples the interval is over (queries of one sample are not independent)"),
+    ]
+)
+
+INDEXER_RECALL_SAMPLES = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        CONTENT_TYPE,
+        SEQ_LEN,
+        _key("sample_id", pa.string(), "validation sample id"),
+        LAYER,
+        field("recall", pa.float64(), "dense mass on the indexer's top-k, mean over the sample's queries t >= k"),
+        field("oracle_recall", pa.float64(), "mass on the best k keys, same queries"),
+        _key("n_queries", pa.int64(), "queries averaged (t >= k)"),
+    ]
+)
+
+EVAL_SUMMARY = pa.schema(
+    [
+        RUN_ID,
+        CONTENT_TYPE,
+        SEQ_LEN,
+        _key("n_samples", pa.int32(), "validation samples, the same for both models (paired)"),
+        field("dense_loss", pa.float64(), "equal-step dense baseline: mean loss over samples, nats per token"),
+        field("dense_low", pa.float64(), "95% t-interval of dense_loss over samples: low end"),
+        field("dense_high", pa.float64(), "high end"),
+        field("dsa_loss", pa.float64(), "DSA model: mean loss over the same samples, nats per token"),
+        field("dsa_low", pa.float64(), "95% t-interval of dsa_loss: low end"),
+        field("dsa_high", pa.float64(), "high end"),
+        field("ratio", pa.float64(), "dsa_loss / dense_loss"),
+        field("ratio_low", pa.float64(), "95% paired-bootstrap interval of the ratio over the same samples: low end"),
+        field("ratio_high", pa.float64(), "high end"),
+        _key("n_recall_samples", pa.int32(), "samples of the recall columns (eval.recall_samples or fewer)"),
+        field("recall", pa.float64(), "indexer recall, mean over layers and queries t >= k"),
+        field("recall_low", pa.float64(), "95% t-interval over samples of the per-sample layer-mean recall: low end"),
+        field("recall_high", pa.float64(), "high end"),
+        field("oracle_recall", pa.float64(), "mass on each query's best k keys, mean over layers and queries"),
+        field("oracle_low", pa.float64(), "95% t-interval over samples: low end"),
+        field("oracle_high", pa.float64(), "high end"),
     ]
 )
 
@@ -309,7 +366,10 @@ PHASE1_CHARTS = pa.schema(
 SCHEMAS: dict[str, pa.Schema] = {
     "train_log": TRAIN_LOG,
     "eval_loss": EVAL_LOSS,
+    "eval_loss_samples": EVAL_LOSS_SAMPLES,
+    "eval_summary": EVAL_SUMMARY,
     "indexer_recall": INDEXER_RECALL,
+    "indexer_recall_samples": INDEXER_RECALL_SAMPLES,
     "query_stats": QUERY_STATS,
     "attention_topk": ATTENTION_TOPK,
     "indexer_stats": INDEXER_STATS,
@@ -538,7 +598,12 @@ PHASE2_EFFICIENCY = pa.schema(
             ("keys_per_query", "mean keys per query at the operating point"),
             ("flops_per_query", "analytic FLOPs per query and head at the operating point (indexer share included)"),
             ("dense_flops_per_query", "FLOPs per query and head of dense attention at this length"),
+            ("auc_low", "95% t-interval of auc over the n_samples validation samples (each map measured alone): low"),
+            ("auc_high", "high end of that interval"),
+            ("op_recall_low", "95% t-interval of op_recall over samples: low end"),
+            ("op_recall_high", "high end of that interval"),
         ),
+        _key("n_samples", pa.int64(), "validation samples averaged (every column above is their mean)"),
     ]
 )
 
@@ -560,6 +625,9 @@ PHASE2_SPARSIFY = pa.schema(
             ("base_loss", "validation loss of the untouched model, nats per token"),
             ("loss", "loss with this head restricted to its fitted pattern"),
             ("delta_loss", "loss - base_loss"),
+            ("delta_low", "95% paired-bootstrap interval over the samples of delta_loss: low end (NaN for n = 1)"),
+            ("delta_high", "high end of that interval"),
+            ("delta_sd", "standard deviation over samples of the per-sample loss change"),
         ),
         _key("n_samples", pa.int64(), "validation samples (seed 1) averaged"),
     ]

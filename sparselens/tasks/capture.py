@@ -14,6 +14,7 @@ from sparselens.capture import capture_summary, capture_unit, capture_units, pre
 from sparselens.runs import artifact_key, phase_config
 from sparselens.storage import RunStore
 from sparselens.tasks import publish
+from sparselens.tasks.progress import StepProgress
 
 IO = dict(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 PROGRESS_EVERY_S = 2.0  # at most one progress-artifact update per this many seconds
@@ -45,14 +46,17 @@ def capture_unit_task(
     """Capture one model at one length; files already written are skipped, so a retry resumes."""
     store = RunStore(root, run_id)
     last = [0.0]
+    bar = StepProgress(run_id, f"capture-{model}-{seq_len}", f"capture {model} T={seq_len}", None, "parts", False)
 
     def progress(done: int, total: int) -> None:
+        bar.update(done, total=total)
         now = time.monotonic()
         if progress_id is not None and (now - last[0] >= PROGRESS_EVERY_S or done == total):
             last[0] = now
             update_progress_artifact(progress_id, 100.0 * (unit + done / total) / n_units)
 
     result = capture_unit(store, phase_config(store, "capture"), model, seq_len, progress)
+    bar.finish(f"{sum(result.rows.values())} rows, {result.files_skipped} files kept")
     get_run_logger().info(
         "%s T=%d: %s rows, %.1f MB in %.1f s (%d files skipped)",
         model,

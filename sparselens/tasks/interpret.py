@@ -9,6 +9,7 @@ from sparselens.interpret import draw_phase1_charts, phase1_summary, write_phase
 from sparselens.runs import phase_config
 from sparselens.storage import RunStore
 from sparselens.tasks import publish
+from sparselens.tasks.progress import step_progress
 
 IO = dict(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 
@@ -17,7 +18,8 @@ IO = dict(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def phase1_tables_task(root: str, run_id: str) -> dict[str, int]:
     """Write the phase1_* summary tables from the capture tables; return their row counts."""
     store = RunStore(root, run_id)
-    counts = write_phase1_tables(store, phase_config(store, "interpret"))
+    with step_progress(run_id, "phase1-tables", "phase 1 tables"):
+        counts = write_phase1_tables(store, phase_config(store, "interpret"))
     get_run_logger().info("phase 1 tables: %s", counts)
     return counts
 
@@ -26,7 +28,8 @@ def phase1_tables_task(root: str, run_id: str) -> dict[str, int]:
 def phase1_charts_task(root: str, run_id: str) -> list[dict]:
     """Draw and save every Phase 1 chart (HTML + PNG); return name, title and paths of each."""
     store = RunStore(root, run_id)
-    charts = draw_phase1_charts(store, phase_config(store, "interpret"))
+    with step_progress(run_id, "phase1-charts", "phase 1 charts"):
+        charts = draw_phase1_charts(store, phase_config(store, "interpret"))
     return [{"name": c.name, "title": c.title, "png": c.png, "html": c.html} for c in charts]
 
 

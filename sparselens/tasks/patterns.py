@@ -15,15 +15,23 @@ from sparselens.phase2.parallel import connect
 from sparselens.runs import phase_config
 from sparselens.storage import RunStore
 from sparselens.tasks import publish
+from sparselens.tasks.progress import StepProgress, step_progress
 from sparselens.viz.phase2_report import phase2_summary, write_phase2_report
 
 IO = dict(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 
 
+COUNTED = ("write_efficiency", "write_sparsify")  # steps that report their Dask work units as they finish
+
+
 def _step(name: str, root: str, run_id: str, address: str) -> dict[str, int]:
     store = RunStore(root, run_id)
+    label = f"phase 2 {name.removeprefix('write_')}"
+    bar = StepProgress(run_id, f"phase2-{name.removeprefix('write_')}", label, None, "units")
+    extra = {"progress": lambda done, total: bar.update(done, total=total)} if name in COUNTED else {}
     with connect(address) as client:
-        counts = getattr(phase2, name)(store, phase_config(store, "patterns"), client)
+        counts = getattr(phase2, name)(store, phase_config(store, "patterns"), client, **extra)
+    bar.finish(f"{sum(counts.values())} rows")
     get_run_logger().info("%s wrote %s", name, counts)
     return counts
 
@@ -62,7 +70,7 @@ def sparsify_task(root: str, run_id: str, address: str) -> dict[str, int]:
 def charts_task(root: str, run_id: str, address: str) -> int:
     """Render every Phase 2 chart (one Dask task each) as offline HTML + PNG."""
     store = RunStore(root, run_id)
-    with connect(address) as client:
+    with step_progress(run_id, "phase2-charts", "phase 2 charts"), connect(address) as client:
         return len(phase2.write_charts(store, phase_config(store, "patterns"), client))
 
 
@@ -70,6 +78,7 @@ def charts_task(root: str, run_id: str, address: str) -> int:
 def report_task(root: str, run_id: str) -> str:
     """Write the Phase 2 section and publish the key numbers as artifacts; return the report path."""
     store = RunStore(root, run_id)
-    summary = phase2_summary(store, write_phase2_report(store))
+    with step_progress(run_id, "phase2-report", "phase 2 report"):
+        summary = phase2_summary(store, write_phase2_report(store))
     publish(run_id, "phase2", summary)
     return summary.result

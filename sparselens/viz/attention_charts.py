@@ -8,9 +8,10 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from sparselens.viz.raster import COLOR_STOPS, colorize, data_url, max_pool, png_bytes, upscale
+from sparselens.viz.raster import COLOR_STOPS, colorize_indexed, data_url, max_pool, png_palette_bytes, upscale
 
 VMIN, VMAX = 1e-4, 1.0  # colour range of attention weights (log scale); smaller weights share the darkest colour
+COLOR_LEVELS = 64  # colours of a map image: 16 per decade of weight
 STATE_COLORS = {
     "query": "#d62728",
     "selected & needed": "#2ca02c",
@@ -30,7 +31,7 @@ class Panel:
 
 
 def _legend(title: str) -> alt.Chart:
-    """An invisible layer whose only purpose is the colour legend matching `colorize`."""
+    """An invisible layer whose only purpose is the colour legend matching `colorize_indexed`."""
     scale = alt.Scale(type="log", domain=[VMIN, VMAX], range=list(COLOR_STOPS), interpolate="rgb")
     data = alt.Data(values=[{"v": VMIN}, {"v": VMAX}])
     return (
@@ -47,8 +48,8 @@ def heatmap_panel(panel: Panel, px: int, legend_title: str, density: float = 1.5
     weight it covers, and upscaled when the map is smaller than the panel, so cells stay sharp.
     """
     factor = max(1, int(panel.values.shape[0] // (px * density)))
-    rgb = upscale(colorize(max_pool(panel.values, factor), VMIN, VMAX), px)
-    url = data_url(png_bytes(rgb))
+    index, palette = colorize_indexed(max_pool(panel.values, factor), VMIN, VMAX, COLOR_LEVELS)
+    url = data_url(png_palette_bytes(upscale(index, px), palette))  # one byte per pixel: ~1/3 of truecolour
     x = alt.X("x:Q", scale=alt.Scale(domain=[0, panel.extent], nice=False, zero=True), title="key position")
     y = alt.Y("y:Q", scale=alt.Scale(domain=[0, panel.extent], nice=False, reverse=True), title="query position")
     image = (

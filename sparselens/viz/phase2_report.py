@@ -14,7 +14,7 @@ import pandas as pd
 from sparselens.storage import RunStore
 from sparselens.viz import phase2_charts as pc
 from sparselens.viz.markdown import Summary, markdown_table, records
-from sparselens.viz.report import build_report, figure_html, table_html, write_section
+from sparselens.viz.report import build_report, chart_figure, table_html, write_section
 
 FOLDER = "charts/phase2"
 SECTION_KEY = "phase2"
@@ -158,12 +158,18 @@ def phase2_key_numbers(store: RunStore) -> dict[str, pd.DataFrame]:
     ].mean()
     eff = store.read_table("phase2_efficiency")
     eff = eff.assign(flops_vs_dense=eff["flops_per_query"] / eff["dense_flops_per_query"])
+    spread = ["op_recall_halfwidth", "n_samples"] if "op_recall_low" in eff.columns else []  # older runs: one sample
+    if spread:
+        eff = eff.assign(op_recall_halfwidth=(eff["op_recall_high"] - eff["op_recall_low"]) / 2)
     efficiency = eff.groupby(["model", "method"], as_index=False)[
-        ["auc_vs_oracle", "op_density", "op_recall", "op_regret", "flops_vs_dense"]
+        ["auc_vs_oracle", "op_density", "op_recall", "op_regret", "flops_vs_dense", *spread]
     ].mean()
+    if spread:
+        efficiency["n_samples"] = efficiency["n_samples"].round().astype(int)
     sp = store.read_table("phase2_sparsify")
     sp = sp[(sp["content_type"] == "all") & sp["sparsified"]].assign(head_name=lambda d: _label(d))
     cols = ["head_name", "kind", "coverage", "fit_density", "base_loss", "delta_loss"]
+    cols += [c for c in ("delta_low", "delta_high", "n_samples") if c in sp.columns]  # spread over samples
     ranked = sp.sort_values("delta_loss", ascending=False)  # heads broad everywhere were not sparsified
     gt = store.read_table("phase2_ground_truth")
     best = gt[(gt["seq_len"] == t) & (gt["rank"] == 1)].assign(head_name=lambda d: _label(d))
@@ -180,7 +186,11 @@ def phase2_key_numbers(store: RunStore) -> dict[str, pd.DataFrame]:
 
 
 def _heads_sentence(df: pd.DataFrame) -> str:
-    return ", ".join(f"{r.head_name} ({r.kind}, Δ {r.delta_loss:+.4f})" for r in df.itertuples())
+    def delta(r) -> str:
+        low, high = getattr(r, "delta_low", float("nan")), getattr(r, "delta_high", float("nan"))
+        return f"Δ {r.delta_loss:+.4f}" + ("" if low != low else f" [{low:+.4f}, {high:+.4f}]")
+
+    return ", ".join(f"{r.head_name} ({r.kind}, {delta(r)})" for r in df.itertuples())
 
 
 def phase2_body(store: RunStore) -> str:
@@ -193,7 +203,7 @@ def phase2_body(store: RunStore) -> str:
         f"approximation, measured on the last queries of long maps); curves, FLOPs and sparsify-one-head capture "
         f"directly from the models at T = {t}. Recall = mean over queries of the dense attention mass kept; the "
         f"oracle keeps the heaviest entries of the whole map.</p>",
-        "<h3>Sparsify one head</h3>",
+        "<h3>Sparsify one head (Δ loss with its 95% paired-bootstrap interval over the n_samples samples)</h3>",
         f"<p>Costing the most loss: {html.escape(_heads_sentence(numbers['sparsify_most']))}.<br>"
         f"Costing the least: {html.escape(_heads_sentence(numbers['sparsify_least']))}.</p>",
         table_html(numbers["sparsify_most"], 4),
@@ -202,13 +212,14 @@ def phase2_body(store: RunStore) -> str:
         table_html(numbers["kinds"]),
         "<h3>Clusters against kinds (mean over groups; model scope pools everything)</h3>",
         table_html(numbers["clusters"]),
-        "<h3>Efficiency per method (mean over heads and content types)</h3>",
+        "<h3>Efficiency per method (mean over heads and content types; op_recall_halfwidth: mean half-width of each "
+        "head's 95% interval over the n_samples maps)</h3>",
         table_html(numbers["efficiency"]),
         "<h3>Synthetic tasks: strongest head per task</h3>",
         table_html(numbers["ground_truth"]),
     ]
     for row in charts.itertuples(index=False):
-        parts.append(figure_html(store.read_bytes(row.png), row.title, row.html))
+        parts.append(chart_figure(store, row.html, row.title))
     return "".join(parts)
 
 

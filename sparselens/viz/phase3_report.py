@@ -92,7 +92,7 @@ def write_phase3_report(store: RunStore, seq_len: int, long_length: int) -> tupl
     shown = cand[[c for c in SHOWN + [long_ms] if c in cand.columns]]
     saved = _charts(store, tables, seq_len)
     body = f"<p>{html.escape(paragraph)}</p>" + table_html(shown, 3)
-    body += "".join(figure_html(s.png_bytes, s.title, s.html) for s in saved)
+    body += "".join(figure_html(s.spec_json, s.title, s.html) for s in saved)
     write_section(store, SECTION_KEY, SECTION_TITLE, body, SECTION_ORDER)
     build_report(store)
     return paragraph, shown

@@ -1,8 +1,13 @@
 """The pipeline flow end to end on the tiny preset, inside one session-wide Prefect test harness."""
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
 from sparselens.config import PIPELINE_PHASES, SECTIONS, RunParams, get_preset, preset_from_dict
 from sparselens.flows.pipeline import pipeline
+from sparselens.runs import artifact_key
 from sparselens.storage import RunStore
+from sparselens.viz.report import BUNDLE_URLS, NETWORK, bundle_urls, without_bundle
 
 
 def test_pipeline_runs_every_phase_of_tiny(prefect_harness, tmp_path):
@@ -25,4 +30,13 @@ def test_pipeline_runs_every_phase_of_tiny(prefect_harness, tmp_path):
         assert store.table_exists(table), table
     assert store.champion_name() in set(store.read_table("phase3_candidates")["candidate"])
     report = store.read_text("report.html")
-    assert all(f"Phase {i}" in report for i in (1, 2, 3, 4))
+    titles = ("Training", "Evaluation", "Phase 1", "Phase 2", "Phase 3", "Phase 4")
+    order = [report.index(f"<h2>{title}") for title in titles]
+    assert order == sorted(order)  # training and evaluation first, then the phases
+    assert len(report.encode()) < 5_000_000 and "<img" not in without_bundle(report)  # specs, not PNG images
+    assert not NETWORK.search(without_bundle(report)) and set(bundle_urls(report)) <= set(BUNDLE_URLS)
+    assert store.table_exists("eval_summary") and store.table_exists("eval_loss_samples")
+    with get_client(sync_client=True) as client:  # every long step left a finished progress artifact
+        keys = [artifact_key(run_id, f"{step}-progress") for step in ("train-sparse", "evaluate", "phase2-efficiency")]
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    assert {a.key for a in found} == set(keys) and all(a.data == 100.0 for a in found), found

@@ -6,6 +6,7 @@ import re
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from sparselens.analysis import KINDS
@@ -118,3 +119,43 @@ def test_model_units_run_on_one_thread_and_restore_the_callers(tiny_captured, mo
         assert set(seen) == {1} and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_efficiency_and_sparsify_report_their_spread_over_samples(phase2_store):
+    n = get_preset("tiny").patterns.efficiency_samples
+    eff = phase2_store.read_table("phase2_efficiency")
+    assert n > 1 and (eff["n_samples"] == n).all()
+    assert ((eff.auc_low <= eff.auc + 1e-12) & (eff.auc <= eff.auc_high + 1e-12)).all()
+    assert (eff.auc_high > eff.auc_low).any()  # the samples differ: a real spread
+    sp = phase2_store.read_table("phase2_sparsify")
+    assert (sp["n_samples"] >= 2).all()
+    changed = sp[sp.sparsified]
+    assert (
+        (changed.delta_low <= changed.delta_loss + 1e-12) & (changed.delta_loss <= changed.delta_high + 1e-12)
+    ).all()
+    assert (changed.delta_sd > 0).any()
+
+
+def test_mean_over_samples_averages_metrics_and_takes_the_modal_kind():
+    from sparselens.phase2.modelruns import mean_over_samples
+
+    head = {"model": "dense", "content_type": "code", "seq_len": 8, "layer": 0, "head": 0}
+    kinds = ["local", "sink", "local"]
+    metrics = pd.DataFrame(
+        [
+            head | {"method": "oracle", "kind": k, "sample": i, "auc": 0.5 + 0.1 * i, "op_recall": 0.9}
+            for i, k in enumerate(kinds)
+        ]  # fmt: skip
+    )
+    curves = pd.DataFrame(
+        [
+            head | {"method": "oracle", "kind": k, "sample": i, "density": 0.5, "recall": 0.2 * i}
+            for i, k in enumerate(kinds)
+        ]  # fmt: skip
+    )
+    mean_curves, mean_metrics = mean_over_samples(curves, metrics)
+    row = mean_metrics.iloc[0]
+    assert len(mean_metrics) == 1 and row["kind"] == "local" and row["n_samples"] == 3
+    assert row["auc"] == pytest.approx(0.6) and row["auc_low"] < 0.6 < row["auc_high"]
+    assert row["op_recall_low"] == pytest.approx(0.9) == row["op_recall_high"]  # no spread, no width
+    assert mean_curves["recall"].tolist() == pytest.approx([0.2]) and mean_curves["kind"].tolist() == ["local"]

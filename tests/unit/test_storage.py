@@ -67,6 +67,8 @@ def eval_rows(n: int = 4, loss: float = 1.0) -> pd.DataFrame:
             "n_samples": [8] * n,
             "loss": [loss + i for i in range(n)],
             "bits_per_byte": [1.5] * n,
+            "loss_low": [loss + i - 0.1 for i in range(n)],
+            "loss_high": [loss + i + 0.1 for i in range(n)],
         }
     )
 

@@ -1,16 +1,31 @@
 """Viz building blocks: the PNG encoder, the log colour map, offline chart rendering and the report builder."""
 
+import json
 import struct
 import zlib
 
+import altair as alt
 import numpy as np
 import pandas as pd
+import pytest
 
 from sparselens.storage import RunStore
 from sparselens.viz.attention_charts import Panel, heatmap_grid
-from sparselens.viz.raster import COLOR_STOPS, FUTURE_RGB, colorize, png_bytes
-from sparselens.viz.report import build_report, read_sections, table_html, write_section
-from sparselens.viz.save import chart_html, chart_png
+from sparselens.viz.raster import COLOR_STOPS, FUTURE_RGB, colorize, colorize_indexed, png_bytes, png_palette_bytes
+from sparselens.viz.report import (
+    BUNDLE_START,
+    BUNDLE_URLS,
+    NETWORK,
+    build_report,
+    bundle_urls,
+    chart_figure,
+    figure_html,
+    read_sections,
+    table_html,
+    without_bundle,
+    write_section,
+)
+from sparselens.viz.save import chart_html, chart_png, save_chart
 
 
 def _decode_png(data: bytes) -> np.ndarray:
@@ -64,3 +79,64 @@ def test_report_orders_sections_escapes_and_replaces(tmp_path):
     page = store.read_text("report.html")
     assert page.index("Training") < page.index("Phase 1 &lt;maps&gt;")
     assert "<p>two</p>" in page and "<p>one</p>" not in page and "1.235" in page
+
+
+def test_figures_embed_specs_and_the_report_inlines_one_offline_bundle(tmp_path):
+    store = RunStore(str(tmp_path), "r")
+    chart = alt.Chart(pd.DataFrame({"x": [1, 2], "y": [3, 4]})).mark_line().encode(x="x:Q", y="y:Q")
+    spec = json.loads(chart.to_json())
+    spec["title"] = "ends with </script> inside"
+    with pytest.raises(TypeError, match="spec"):
+        figure_html(b"\x89PNG...", "png bytes are refused")
+    saved = save_chart(store, "charts/t", "line", "A line", chart)
+    assert json.loads(store.read_text(saved.spec)) == json.loads(saved.spec_json)
+    body = figure_html(json.dumps(spec), "one") + chart_figure(store, saved.html, "two")
+    body += chart_figure(store, "charts/t/missing.html", "three")  # no spec saved: a link to the page
+    write_section(store, "s", "S", body, order=10)
+    write_section(store, "u", "U", figure_html(spec, "four"), order=20)
+    build_report(store)
+    page = store.read_text("report.html")
+    assert page.count('class="vega-spec"') == 3 and page.count(BUNDLE_START) == 1  # one bundle for all
+    assert '<a href="charts/t/missing.html">three</a>' in page
+    assert "</script> inside" not in page and "<\\/script> inside" in page  # cannot close its script tag
+    assert "$schema" not in without_bundle(page) and "vegaEmbed" in page
+    assert not NETWORK.search(without_bundle(page)) and set(bundle_urls(page)) <= set(BUNDLE_URLS)
+    assert "<img" not in without_bundle(page) and 500_000 < len(page) < 2_000_000  # the ~0.9 MB bundle, no images
+    write_section(store, "s", "S", "<p>no charts</p>", order=10)
+    write_section(store, "u", "U", "<p>none</p>", order=20)
+    build_report(store)
+    assert BUNDLE_START not in store.read_text("report.html")  # no figure, no bundle
+
+
+def test_palette_png_roundtrip_and_colour_levels():
+    values = np.array([[1.0, np.nan, 1e-4], [1e-9, 1e-2, 0.5]])
+    index, palette = colorize_indexed(values, 1e-4, 1.0, levels=9)
+    assert index.tolist() == [[8, 9, 0], [0, 4, 7]] and tuple(palette[9]) == FUTURE_RGB  # 2 levels per decade
+    np.testing.assert_array_equal(palette[[0, 8]], colorize(np.array([[1e-4, 1.0]]), 1e-4, 1.0)[0])
+    data = png_palette_bytes(index, palette)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and b"PLTE" in data
+    pos, idat = 8, b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(2, 4)
+    np.testing.assert_array_equal(raw[:, 1:], index)
+    with pytest.raises(ValueError, match="palette"):
+        png_palette_bytes(index, palette[:5])
+
+
+def test_a_report_over_budget_links_its_largest_charts(tmp_path, monkeypatch):
+    import sparselens.viz.report as report
+
+    store = RunStore(str(tmp_path), "r")
+    chart = alt.Chart(pd.DataFrame({"x": range(3000), "y": range(3000)})).mark_point().encode(x="x:Q", y="y:Q")
+    small = alt.Chart(pd.DataFrame({"x": [1]})).mark_point().encode(x="x:Q")
+    body = figure_html(chart.to_json(), "big", "charts/big.html") + figure_html(small.to_json(), "small", "s.html")
+    write_section(store, "s", "S", body, order=10)
+    monkeypatch.setattr(report, "REPORT_BUDGET", len(report.vega_bundle()) + 60_000)
+    build_report(store)
+    page = store.read_text("report.html")
+    assert page.count('class="vega-spec"') == 1 and '<a href="charts/big.html">big</a>: interactive chart' in page
+    assert len(page.encode()) <= report.REPORT_BUDGET
