@@ -37,7 +37,7 @@ def test_tiny_pipeline_in_a_bucket_resumes_training_and_reads_with_every_engine(
     kept = store.checkpoint_steps("dsa", "warmup")[-1]
     assert 10 <= kept < TINY.warmup_steps
 
-    code, output = cli.run(*args, env=s3_server)
+    code, output = cli.run(*args, "-v", env=s3_server)  # -v: the stages' step lines are logged
     assert code == 0, output[-3000:]
     assert "pretrain step" not in output and "dense_continue step" not in output  # finished stages were kept
     warmup = [int(s) for s in re.findall(r"warmup step (\d+)", output)]

@@ -56,6 +56,8 @@ def eval_rows(loss: float, n: int = 8) -> pd.DataFrame:
             "n_samples": [2] * n,
             "loss": [loss + i for i in range(n)],
             "bits_per_byte": [1.5] * n,
+            "loss_low": [loss + i - 0.1 for i in range(n)],
+            "loss_high": [loss + i + 0.1 for i in range(n)],
         }
     )
 
