@@ -29,6 +29,7 @@ from sparselens.metrics import recall_per_query
 from sparselens.models import capture
 from sparselens.models.gpt import GPT
 from sparselens.stats import Interval, mean_interval, paired_bootstrap
+from sparselens.task_accuracy import task_accuracy_table
 
 Progress = Callable[[int, int], None]  # (units done, units in all) of one evaluation
 BOOTSTRAP = 1000  # paired-bootstrap resamples of each DSA/dense ratio
@@ -236,20 +237,23 @@ def _shifted(progress: Progress | None, offset: int, total: int) -> Progress | N
 
 def evaluate_run(store, preset: Preset, progress: Progress | None = None) -> dict[str, pd.DataFrame]:
     """Evaluate the run's dense baseline and DSA model; writes and returns eval_loss, eval_loss_samples,
-    indexer_recall, indexer_recall_samples and eval_summary. `progress(done, total)` counts (model, length,
-    content type) units, recall included."""
+    indexer_recall, indexer_recall_samples, eval_summary and eval_tasks (answer accuracy on the synthetic tasks).
+    `progress(done, total)` counts (model, length, content type) units, recall included."""
     models = {name: store.load_model(name) for name in ("dense", "dsa")}
     n, total = len(_units(preset)), evaluation_units(preset)
     parts = [sample_losses(m, name, preset, store.run_id, _shifted(progress, i * n, total)) for i, (name, m) in
              enumerate(models.items())]  # fmt: skip
     losses = pd.concat(parts, ignore_index=True)
     recall = recall_samples(models["dsa"], "dsa", preset, store.run_id, _shifted(progress, 2 * n, total))
+    lengths, n_samples, batch = eval_lengths(preset), preset.eval.n_samples, preset.eval.batch_size
+    tasks = task_accuracy_table(models, lengths, n_samples, store.run_id, batch)  # answer accuracy per task
     tables = {
         "eval_loss": aggregate_losses(losses, preset.train.seq_len),
         "eval_loss_samples": losses,
         "indexer_recall": aggregate_recall(recall, preset.model.topk),
         "indexer_recall_samples": recall,
         "eval_summary": summary_table(losses, recall),
+        "eval_tasks": tasks,
     }
     for name, table in tables.items():
         store.write_table(name, table)

@@ -22,21 +22,25 @@ from sparselens.benchmark.rss import measure_in_subprocess
 from sparselens.benchmark.table import NO_LENGTH, TABLE, cost_rows, row, to_frame
 from sparselens.benchmark.timing import held_out_tokens, time_decode, time_prefill
 from sparselens.config import BenchmarkConfig, Preset
-from sparselens.stats import median_iqr
+from sparselens.data.synthetic import TASKS
+from sparselens.stats import Interval, median_iqr
 from sparselens.storage import RunStore
+from sparselens.task_accuracy import task_accuracy
 from sparselens.threads import torch_threads
 
 ENVIRONMENT_FILE = "benchmark/environment.json"
 Log = Callable[[str], None]
 
 
-def task_rows(store: RunStore, roster: dict[str, str]) -> list[dict]:
-    """Task-answer accuracy rows (metric `task_accuracy`, content_type = task, Wilson interval).
-
-    TODO(tasks branch): build these from `eval_tasks` once the synthetic-task accuracy helper lands in
-    sparselens.data; the champion rule already reads them when present. Until then there are none.
-    """
-    return []
+def task_rows(model, name: str, family: str, t: int, n_samples: int, batch_size: int) -> list[dict]:
+    """Answer accuracy on each synthetic task at length t (metric `task_accuracy`, content_type = task, Wilson
+    interval over answer positions), on the same held-out samples for every model."""
+    rows = []
+    for task in TASKS:
+        acc = task_accuracy(model, task, t, n_samples, batch_size)
+        value = Interval(acc["accuracy"], acc["ci_low"], acc["ci_high"], acc["n_answers"])
+        rows.append(row(name, family, "task_accuracy", t, value, content_type=task, interval="wilson95"))
+    return rows
 
 
 def quality_part(store: RunStore, cfg: BenchmarkConfig, t: int, roster: dict[str, str], backend: str | None) -> list:
@@ -52,8 +56,9 @@ def quality_part(store: RunStore, cfg: BenchmarkConfig, t: int, roster: dict[str
             model, name, family, needles, cfg.retrieval_depths, cfg.retrieval_samples, cfg.batch_size
         )
         rows.append(row(name, family, "decode_error_ratio", t, decode_error_ratio(model, check, t // 2)))
+        rows += task_rows(model, name, family, t, cfg.quality_samples, cfg.batch_size)
         rows += cost_rows(name, family, model.cfg, cfg.prefill_lens, cfg.decode_contexts)
-    return rows + quality_rows(losses, roster, cfg.bootstrap) + task_rows(store, roster)
+    return rows + quality_rows(losses, roster, cfg.bootstrap)
 
 
 def speed_part(store: RunStore, cfg: BenchmarkConfig, roster: dict[str, str], backend: str | None) -> list:

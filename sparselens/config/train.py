@@ -39,6 +39,9 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))  # content-type sampling weights
+    # curriculum: the mix of global steps [0, early_mix_steps); induction heads form there before text competes
+    early_mix: dict[str, float] | None = None
+    early_mix_steps: int = 0
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "checkpoint_every", "log_every"):
@@ -47,12 +50,13 @@ class TrainConfig:
         for name in ("dense_steps", "warmup_steps", "sparse_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
-        unknown = sorted(set(self.mix) - set(CONTENT_TYPES))
-        if unknown or not self.mix or any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0:
-            raise ConfigError(
-                f"mix={self.mix} must weight known content types {CONTENT_TYPES} with non-negative weights "
-                f"that sum to more than 0 (unknown: {unknown})"
-            )
+        _check_mix("mix", self.mix)
+        if self.early_mix_steps < 0:
+            raise ConfigError(f"early_mix_steps={self.early_mix_steps} must be >= 0")
+        if self.early_mix_steps and self.early_mix is None:
+            raise ConfigError(f"early_mix_steps={self.early_mix_steps} needs an early_mix (e.g. {{'induction': 1.0}})")
+        if self.early_mix is not None:
+            _check_mix("early_mix", self.early_mix)
         if self.threads is not None and self.threads <= 0:
             raise ConfigError(f"threads={self.threads} must be a positive number of torch threads, or None")
         for name in ("grad_clip", "indexer_grad_clip"):
@@ -62,6 +66,19 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         return self.dense_steps + self.warmup_steps + self.sparse_steps
+
+    def mix_at(self, step: int) -> dict[str, float]:
+        """The content-type mix of global step `step`: `early_mix` before `early_mix_steps`, then `mix`."""
+        return self.early_mix if self.early_mix is not None and step < self.early_mix_steps else self.mix
+
+
+def _check_mix(name: str, mix: dict[str, float]) -> None:
+    unknown = sorted(set(mix) - set(CONTENT_TYPES))
+    if unknown or not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+        raise ConfigError(
+            f"{name}={mix} must weight known content types {CONTENT_TYPES} with non-negative weights "
+            f"that sum to more than 0 (unknown: {unknown})"
+        )
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from sparselens.data.corpora import CORPORA, check_corpus_split, corpus_stream
-from sparselens.data.synthetic import MAX_SEED, TASKS, generate
+from sparselens.data.synthetic import MAX_SEED, TASKS, TaskDesign, generate
 
 CONTENT_TYPES = ("code", "prose", "assoc_recall", "induction", "brackets")
 _TRAIN_DOMAIN = 0x7A1  # first entropy word of train-batch generators
@@ -96,10 +96,12 @@ def sample_window(content_type: str, split: str, seq_len: int, rng: np.random.Ge
     return _window(content_type, split, stream, offset, seq_len, f"{content_type}-{split}@{offset}")
 
 
-def synthetic_sample(task: str, split: str, seq_len: int, seed: int, sample_id: str) -> Sample:
+def synthetic_sample(
+    task: str, split: str, seq_len: int, seed: int, sample_id: str, design: TaskDesign | None = None
+) -> Sample:
     """One synthetic-task Sample of seq_len + 1 tokens (tokens int64 [seq_len + 1], needed: seq_len arrays)."""
     _check_count("seq_len", seq_len, 1)
-    generated = generate(task, seq_len + 1, seed, split)
+    generated = generate(task, seq_len + 1, seed, split, design)
     return Sample(sample_id, task, generated.tokens.astype(np.int64), generated.needed)
 
 
@@ -114,20 +116,21 @@ def normalize_mix(mix: Mapping[str, float]) -> dict[str, float]:
     return dict(zip(CONTENT_TYPES, (weights / weights.sum()).tolist(), strict=True))
 
 
-def _train_row(content_type: str, seq_len: int, rng: np.random.Generator) -> np.ndarray:
+def _train_row(content_type: str, seq_len: int, rng: np.random.Generator, design: TaskDesign | None) -> np.ndarray:
     if content_type in CORPORA:
         return sample_window(content_type, "train", seq_len, rng).tokens
     seed = int(rng.integers(MAX_SEED))
-    return generate(content_type, seq_len + 1, seed, "train").tokens.astype(np.int64)
+    return generate(content_type, seq_len + 1, seed, "train", design).tokens.astype(np.int64)
 
 
 def train_batch(
-    mix: Mapping[str, float], seq_len: int, batch_size: int, seed: int, step: int
+    mix: Mapping[str, float], seq_len: int, batch_size: int, seed: int, step: int, design: TaskDesign | None = None
 ) -> tuple[torch.Tensor, list[str]]:
     """The training batch for (seed, step), identical every time it is asked for (so resumed runs match).
 
     Each row's content type is drawn from the normalised `mix`; text rows are windows of the train split,
-    synthetic rows come from the train seed stream. Row order and contents depend only on the arguments.
+    synthetic rows come from the train seed stream (`design`: the generators' knobs, default
+    `synthetic.DESIGN`). Row order and contents depend only on the arguments.
 
     Returns:
         tokens: int64 [B, T + 1] (inputs tokens[:, :-1], targets tokens[:, 1:]);
@@ -141,7 +144,7 @@ def train_batch(
     rng = np.random.default_rng([_TRAIN_DOMAIN, int(seed), int(step)])
     kinds = rng.choice(len(CONTENT_TYPES), size=batch_size, p=weights)  # [B]
     content_types = [CONTENT_TYPES[k] for k in kinds]
-    rows = [_train_row(name, seq_len, rng) for name in content_types]
+    rows = [_train_row(name, seq_len, rng, design) for name in content_types]
     return torch.from_numpy(np.stack(rows)), content_types  # [B, T + 1]
 
 
@@ -162,7 +165,9 @@ def _disjoint_offsets(size: int, window: int, n: int, rng: np.random.Generator) 
     return [int(rng.integers(lo, hi - window + 1)) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
 
 
-def validation_samples(content_type: str, seq_len: int, n: int, seed: int = 0) -> list[Sample]:
+def validation_samples(
+    content_type: str, seq_len: int, n: int, seed: int = 0, design: TaskDesign | None = None
+) -> list[Sample]:
     """Up to n fixed held-out samples of seq_len + 1 tokens from the validation split; same arguments, same samples.
 
     Text windows are disjoint and spread over the whole validation stream (one per n-th of it); when the split
@@ -187,7 +192,9 @@ def validation_samples(content_type: str, seq_len: int, n: int, seed: int = 0) -
         offsets = _disjoint_offsets(stream.size, seq_len + 1, count, rng)
         return [_window(content_type, "validation", stream, o, seq_len, f"{prefix}{i}") for i, o in enumerate(offsets)]
     seeds = rng.integers(MAX_SEED, size=n).tolist()
-    return [synthetic_sample(content_type, "validation", seq_len, s, f"{prefix}{i}") for i, s in enumerate(seeds)]
+    return [
+        synthetic_sample(content_type, "validation", seq_len, s, f"{prefix}{i}", design) for i, s in enumerate(seeds)
+    ]
 
 
 def stack_tokens(samples: list[Sample]) -> torch.Tensor:

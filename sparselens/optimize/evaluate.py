@@ -3,7 +3,8 @@
 Writes `phase3_quality` (loss per model, content type and length with intervals and paired ratios),
 `phase3_costs` (the analytic cost model at T, 4T, 8192 and 32K), `phase3_timing` (whole-model forward at the
 `time_lengths` and attention + indexer time at `core_length`, interleaved, medians) and `phase3_candidates` (one
-row per model: family, plan, costs, losses, times, recall and whether it meets the issue's targets).
+row per model: family, plan, costs, losses, answer accuracy per synthetic task, times, recall and whether it meets
+the issue's targets).
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ import torch
 from sparselens.analysis.cost import cache_bytes_per_token, cost_table, token_costs
 from sparselens.config import Preset
 from sparselens.data.dataset import CONTENT_TYPES, stack_tokens, validation_samples
+from sparselens.data.synthetic import TASKS
 from sparselens.optimize.candidates import all_indexer_plan
 from sparselens.optimize.finetune import REFERENCE
 from sparselens.optimize.measure import all_losses, dense_mass_recall, interleaved_times, quality_table
 from sparselens.optimize.phase3 import read_designs
 from sparselens.stats import median_iqr
+from sparselens.task_accuracy import task_accuracy
 from sparselens.threads import torch_threads
 
 COST_LENGTHS_EXTRA = (8192, 32768)
 BASELINES = ("dense", "dsa", REFERENCE, "oracle")
+TASK_POINTS = 0.02  # a candidate's answer accuracy may fall at most this far below the reference's, on every task
 
 
 @torch.no_grad()
@@ -79,7 +83,8 @@ def evaluate(store, preset: Preset) -> dict[str, pd.DataFrame]:
     costs = cost_table({n: m.cfg for n, m in models.items()}, (t, 4 * t, *COST_LENGTHS_EXTRA), mean_k)
     timing = timing_table(models, preset)
     recall = {name: _recall(m, preset, min(4, opt.eval_samples)) for name, m in models.items()}
-    summary = candidates_table(store, preset, models, quality, timing, recall, mean_k)
+    tasks = {name: task_accuracies(m, preset) for name, m in models.items()}
+    summary = candidates_table(store, preset, models, quality, timing, recall, mean_k, tasks)
     tables = {
         "phase3_quality": quality,
         "phase3_costs": costs.assign(run_id=store.run_id),
@@ -89,6 +94,12 @@ def evaluate(store, preset: Preset) -> dict[str, pd.DataFrame]:
     for name, table in tables.items():
         store.write_table(name, table)
     return tables
+
+
+def task_accuracies(model, preset: Preset) -> dict[str, float]:
+    """Answer accuracy per synthetic task at T on optimize.eval_samples held-out samples (the same for every model)."""
+    t, n = preset.train.seq_len, preset.optimize.eval_samples
+    return {task: task_accuracy(model, task, t, n, preset.eval.batch_size)["accuracy"] for task in TASKS}
 
 
 def _family_and_plan(store, models: dict) -> dict[str, tuple[str, str, str]]:
@@ -103,8 +114,9 @@ def _family_and_plan(store, models: dict) -> dict[str, tuple[str, str, str]]:
     return out
 
 
-def candidates_table(store, preset: Preset, models, quality, timing, recall, mean_k) -> pd.DataFrame:
-    """One row per model: what it is, its analytic costs, losses against the reference, times, recall, targets."""
+def candidates_table(store, preset: Preset, models, quality, timing, recall, mean_k, tasks) -> pd.DataFrame:
+    """One row per model: what it is, its analytic costs, losses against the reference, answer accuracy per task
+    (`task_<name>`) and its worst drop below the reference's (`task_drop_worst`), times, recall, targets."""
     t, rows = preset.train.seq_len, []
     meta = _family_and_plan(store, models)
     med = timing.set_index(["model", "what", "length"])["median"]
@@ -121,6 +133,8 @@ def candidates_table(store, preset: Preset, models, quality, timing, recall, mea
         row |= {"ratio_reference_t": q["ratio_reference"].mean()}
         row |= {"ratio_reference_worst_low_t": q["ratio_reference_low"].max()}
         row |= {"ratio_reference_4t": q4["ratio_reference"].mean(), "recall_t": recall[name]}
+        row |= {f"task_{task}": acc for task, acc in tasks[name].items()}
+        row["task_drop_worst"] = max(tasks[REFERENCE][task] - acc for task, acc in tasks[name].items())
         for length in preset.optimize.time_lengths:
             row[f"forward_ms_{length}"] = med.get((name, "forward", length), np.nan)
         row["attention_ms_core"] = med.get((name, "attention_core", preset.optimize.core_length), np.nan)
@@ -132,7 +146,8 @@ def candidates_table(store, preset: Preset, models, quality, timing, recall, mea
 def add_targets(table: pd.DataFrame, preset: Preset) -> pd.DataFrame:
     """Columns of issue 13's acceptance per candidate: >= 2x fewer attention MACs than DSA at 4T, forward at 4T
     >= 1.25x faster than DSA's and faster than dense's, mean loss ratio to the reference <= 1.01 with every content
-    type's interval reaching 1.02 or below (task accuracy is judged apart, from eval_tasks)."""
+    type's interval reaching 1.02 or below, and answer accuracy on every synthetic task at most TASK_POINTS below
+    the reference's."""
     t = table.set_index("candidate")
     long = preset.optimize.time_lengths[-1]
     fwd = f"forward_ms_{long}"
@@ -146,5 +161,6 @@ def add_targets(table: pd.DataFrame, preset: Preset) -> pd.DataFrame:
         & (out["speedup_vs_dense"] > 1)
         & (out["ratio_reference_t"] <= 1.01)
         & (out["ratio_reference_worst_low_t"] <= 1.02)
+        & (out["task_drop_worst"] <= TASK_POINTS)
     )
     return out

@@ -77,6 +77,23 @@ EVAL_LOSS_SAMPLES = pa.schema(
     ]
 )
 
+EVAL_TASKS = pa.schema(
+    [
+        RUN_ID,
+        MODEL,
+        CONTENT_TYPE,
+        SEQ_LEN,
+        _key("n_samples", pa.int32(), "held-out samples evaluated"),
+        _key("n_answers", pa.int64(), "answer positions scored (targets with ground-truth needed keys)"),
+        _key("n_correct", pa.int64(), "answer positions where the model's most probable byte is the target"),
+        field("accuracy", pa.float64(), "n_correct / n_answers"),
+        field("ci_low", pa.float64(), "lower end of the 95% Wilson interval of accuracy (over answer positions)"),
+        field("ci_high", pa.float64(), "upper end of the 95% Wilson interval"),
+        field("sample_acc_sd", pa.float64(), "standard deviation over samples of the per-sample accuracy"),
+        field("answer_loss", pa.float64(), "mean next-token cross-entropy at the answer positions, nats"),
+    ]
+)
+
 INDEXER_RECALL = pa.schema(
     [
         RUN_ID,
@@ -368,6 +385,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "eval_loss": EVAL_LOSS,
     "eval_loss_samples": EVAL_LOSS_SAMPLES,
     "eval_summary": EVAL_SUMMARY,
+    "eval_tasks": EVAL_TASKS,
     "indexer_recall": INDEXER_RECALL,
     "indexer_recall_samples": INDEXER_RECALL_SAMPLES,
     "query_stats": QUERY_STATS,

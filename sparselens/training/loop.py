@@ -114,7 +114,7 @@ def run_stage(
     for local in range(start, spec.steps):
         g = spec.first_step + local
         lr = _set_lr(opt, spec, preset, local)
-        batch, _ = train_batch(tc.mix, tc.seq_len, tc.batch_size, seed=tc.seed, step=g)
+        batch, _ = train_batch(tc.mix_at(g), tc.seq_len, tc.batch_size, seed=tc.seed, step=g)
         losses = step_losses(model, spec, batch)
         _check_finite(losses["loss"].detach(), "loss", spec, g)
         opt.zero_grad(set_to_none=True)

@@ -29,6 +29,7 @@ SHOWN = [
     "ratio_reference_worst_low_t",
     "ratio_reference_4t",
     "recall_t",
+    "task_drop_worst",
     "meets_targets",
 ]
 
@@ -64,8 +65,13 @@ def phase3_paragraph(candidates: pd.DataFrame, long_ms: str) -> str:
     slow = designs[~designs.index.isin(cheaper.index)]
     if not slow.empty:
         parts.append(f"Not faster than DSA on the clock: {', '.join(slow.index)}.")
+    if "task_drop_worst" in designs:
+        dropped = designs[designs["task_drop_worst"] > 0.02]["task_drop_worst"]
+        names = ", ".join(f"{n} ({100 * d:.1f} points)" for n, d in dropped.items())
+        parts.append(f"More than 2 points below the reference's answer accuracy on a task: {names or 'none'}.")
     met = designs[designs["meets_targets"]]
-    parts.append(f"Meeting every cost, clock and loss target: {', '.join(met.index) if not met.empty else 'none'}.")
+    met_names = ", ".join(met.index) if not met.empty else "none"
+    parts.append(f"Meeting every cost, clock, loss and task target: {met_names}.")
     return " ".join(parts)
 
 

@@ -14,6 +14,7 @@ from sparselens.benchmark.retrieval import PAIR_BYTES, needle_sample
 from sparselens.benchmark.run import read_environment, run_benchmark
 from sparselens.benchmark.table import METRICS, TABLE
 from sparselens.benchmark.timing import fill_cache, held_out_tokens
+from sparselens.data.synthetic import TASKS
 from sparselens.runs import run_preset
 
 
@@ -75,7 +76,10 @@ def benchmarked(tiny_run, tmp_path_factory):
 def test_benchmark_table_of_a_tiny_run(benchmarked):
     store, df = benchmarked
     written = store.read_table(TABLE)
-    assert len(written) == len(df) and set(written.metric) == set(METRICS) - {"task_accuracy"}
+    assert len(written) == len(df) and set(written.metric) == set(METRICS)
+    tasks = written[written.metric == "task_accuracy"]  # every model, every synthetic task, at the training length
+    assert set(tasks.content_type) == set(TASKS) and len(tasks) == len(TASKS) * written.model.nunique()
+    assert (tasks.interval == "wilson95").all() and (tasks.n > 0).all()
     keys = ["model", "metric", "seq_len", "content_type", "depth"]
     assert not written.duplicated(keys).any()
     ranged = written.dropna(subset=["low", "high"])

@@ -24,7 +24,7 @@ from sparselens.data import (
     validation_samples,
 )
 from sparselens.data.corpora import EXCLUDED_CODE_DIRS, MAX_CODE_FILE_BYTES, split_of
-from sparselens.data.synthetic import BRACKET_PAIRS
+from sparselens.data.synthetic import BRACKET_PAIRS, DESIGN, ORIGINAL_DESIGN
 
 LENGTHS = [2, 63, 111, 1000]
 SEEDS = [0, 1, 7]
@@ -205,8 +205,8 @@ def _query_positions(tokens: bytes) -> tuple[dict[bytes, int], list[tuple[int, b
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_assoc_recall_needed_positions_hold_the_target_value(seed):
-    sample = generate("assoc_recall", 1000, seed)
+def test_labelled_recall_needed_positions_hold_the_target_value(seed):
+    sample = generate("assoc_recall", 1000, seed, design=ORIGINAL_DESIGN)
     tokens = _bytes(sample.tokens)
     definitions, queries = _query_positions(tokens)
     checked = 0
@@ -253,3 +253,111 @@ def test_brackets_needed_key_is_the_matching_opener(seed):
         else:
             assert keys == []
     assert sum(len(k) for k in sample.needed) > 100
+
+
+INDUCTION_DESIGNS = {
+    "default": DESIGN,
+    "original": ORIGINAL_DESIGN,
+    "distinct94": DESIGN.with_changes(induction_max_span=16, induction_alphabet=(0x21, 0x7F)),
+    "repeats3": DESIGN.with_changes(induction_repeats=3, induction_max_gap=2.0),
+    "random_repeats2": ORIGINAL_DESIGN.with_changes(induction_repeats=2, induction_max_gap=0.5),
+}
+
+
+@pytest.mark.parametrize("design", list(INDUCTION_DESIGNS.values()), ids=list(INDUCTION_DESIGNS))
+def test_induction_designs_keep_needed_exact(design):
+    for seed in SEEDS:
+        sample = generate("induction", 500, seed, design=design)
+        tokens = sample.tokens
+        answers = 0
+        for t, keys in enumerate(sample.needed):
+            if not len(keys):
+                continue
+            answers += 1
+            assert len(keys) <= design.induction_repeats
+            for k in keys:  # every listed key holds the target and follows an earlier copy of the current byte
+                assert tokens[k] == tokens[t + 1] and tokens[k - 1] == tokens[t]
+            if design.induction_distinct:  # the latest key's predecessor is the nearest earlier copy of the byte
+                nearest = np.flatnonzero(tokens[:t] == tokens[t])[-1]
+                assert nearest == keys[-1] - 1
+        assert answers > 100
+
+
+def test_distinct_spans_have_no_repeated_byte():
+    sample = generate("induction", 400, 3)
+    copies = [t + 1 for t, keys in enumerate(sample.needed) if len(keys)]  # answer targets
+    # a copy run's bytes (targets plus the byte before the first one) are all different
+    runs = np.split(np.array(copies), np.flatnonzero(np.diff(copies) != 1) + 1)
+    for run in runs:
+        span = sample.tokens[run[0] - 1 : run[-1] + 1]
+        assert len(set(span.tolist())) == span.size
+
+
+def _parse_recall_pairs(tokens: bytes) -> dict[int, int]:
+    """Independent parse of the "pairs" format: {answer input position t: position of the defining value}."""
+    expected, i = {}, 0
+    while i < len(tokens):
+        defs = {}
+        while i < len(tokens) and tokens[i] != ord("|"):
+            defs[tokens[i]] = i + 1
+            i += 2
+        i += 1
+        for _ in range(len(defs)):
+            if i + 1 < len(tokens):
+                expected[i] = defs[tokens[i]]
+            i += 2
+    return expected
+
+
+RECALL_DESIGNS = {
+    "default": DESIGN,
+    "digits64": DESIGN.with_changes(recall_letter_values=False, recall_key_alphabet=(0x21, 0x7F), recall_max_pairs=64),
+    "digits10": DESIGN.with_changes(recall_letter_values=False, recall_max_pairs=10),
+}
+
+
+@pytest.mark.parametrize("design", list(RECALL_DESIGNS.values()), ids=list(RECALL_DESIGNS))
+def test_recall_pairs_needed_is_the_latest_definition(design):
+    for seed in SEEDS:
+        sample = generate("assoc_recall", 600, seed, design=design)
+        text = _bytes(sample.tokens)
+        expected = _parse_recall_pairs(text)
+        got = {t: keys.tolist() for t, keys in enumerate(sample.needed) if len(keys)}
+        assert got == {t: [v] for t, v in expected.items()}
+        assert all(text[v] == text[t + 1] for t, v in expected.items())
+        assert all(chr(text[v]).isdigit() != design.recall_letter_values for v in expected.values())
+        assert len(got) > 60
+
+
+def test_recall_letter_values_make_every_block_byte_distinct():
+    chunks = _bytes(generate("assoc_recall", 400, 1).tokens).split(b"|")  # defs | queries + next defs | ...
+    n_previous, sizes = 0, []
+    for chunk in chunks[:-1]:
+        definitions = chunk[2 * n_previous :]  # the previous block's queries come first
+        assert len(set(definitions)) == len(definitions) <= 2 * DESIGN.recall_max_pairs
+        n_previous = len(definitions) // 2
+        sizes.append(n_previous)
+    assert sizes.count(DESIGN.recall_max_pairs) >= 5  # full blocks; only the one the sample's end cuts is smaller
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        (dict(span=3), "unknown task design fields"),
+        (dict(recall_format="table"), "recall_format"),
+        (dict(induction_min_span=9), "min_span <= max_span"),
+        (dict(induction_max_span=16), "alphabet of more than 16"),
+        (dict(recall_key_alphabet=(0x61, 0x62)), "too few key bytes"),
+    ],
+    ids=["unknown", "format", "span_order", "distinct_alphabet", "keys"],
+)
+def test_task_design_rejects_bad_settings(changes, match):
+    with pytest.raises(ValueError, match=match):
+        DESIGN.with_changes(**changes)
+
+
+def test_task_design_changes_batches():
+    other = DESIGN.with_changes(induction_max_span=6)
+    a, _ = train_batch({"induction": 1.0}, 64, 4, seed=0, step=0)
+    b, _ = train_batch({"induction": 1.0}, 64, 4, seed=0, step=0, design=other)
+    assert not torch.equal(a, b)

@@ -96,8 +96,14 @@ def test_paired_bootstrap_sees_the_pairing():
 
 
 def test_task_accuracy_adapter_reads_eval_tasks(evaluated, run_copy):
-    store = run_copy(evaluated[0])
-    assert read_task_accuracy(store) is None
+    store, tables, _ = evaluated
+    written = tables["eval_tasks"]  # evaluate_run scores every synthetic task for both models at every length
+    assert len(written) == 2 * 3 * store.read_table("eval_loss").seq_len.nunique()
+    assert ((written.ci_low <= written.accuracy) & (written.accuracy <= written.ci_high)).all()
+    assert (written.n_answers > 0).all() and (written.n_correct <= written.n_answers).all()
+    store = run_copy(store)
+    store.delete_table("eval_tasks")
+    assert read_task_accuracy(store) is None  # older runs
     tasks = pd.DataFrame(
         {
             "run_id": ["tiny"] * 2,

@@ -137,6 +137,12 @@ def test_phase3_design_train_evaluate_on_the_tiny_run(tiny_run, run_copy):
     assert summary.loc["reference", "family"] == "reference"
     assert {"meets_targets", "macs_vs_dsa_4t", "speedup_vs_dense"} <= set(summary.columns)
     assert summary.loc["sink_window", "attention_macs_4t"] < summary.loc["dsa", "attention_macs_4t"]
+    tasks = summary[["task_induction", "task_assoc_recall", "task_brackets"]]  # answer accuracy per task at T
+    assert tasks.notna().all().all() and ((tasks >= 0) & (tasks <= 1)).all().all()
+    assert summary.loc["reference", "task_drop_worst"] == 0.0
+    drop = (tasks.loc["reference"] - tasks).max(axis=1)
+    assert np.allclose(summary["task_drop_worst"], drop)
+    assert not (summary["meets_targets"] & (summary["task_drop_worst"] > 0.02)).any()
     quality = tables["phase3_quality"]
     assert "oracle" in set(quality["model"]) and quality["ratio_reference_low"].notna().any()
     for d in designs:
