@@ -140,3 +140,24 @@ def test_a_report_over_budget_links_its_largest_charts(tmp_path, monkeypatch):
     page = store.read_text("report.html")
     assert page.count('class="vega-spec"') == 1 and '<a href="charts/big.html">big</a>: interactive chart' in page
     assert len(page.encode()) <= report.REPORT_BUDGET
+
+
+def _browser() -> str | None:
+    import shutil
+
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.mark.skipif(_browser() is None, reason="no Chromium here (apt install chromium) to render the report")
+def test_report_draws_its_charts_in_a_headless_browser(tmp_path):
+    """The offline report, opened as a reader would: every embedded chart draws (a canvas), none fails."""
+    import subprocess
+
+    store = RunStore(str(tmp_path), "r")
+    chart = alt.Chart(pd.DataFrame({"x": [1, 2, 3], "y": [3, 4, 2]})).mark_line().encode(x="x:Q", y="y:Q")
+    write_section(store, "s", "S", figure_html(chart.to_json(), "a line") + figure_html(chart.to_json(), "again"), 10)
+    build_report(store)
+    url = "file://" + store.path("report.html")
+    cmd = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom", url]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert dom.count("<canvas") == 2 and dom.count("chart failed to draw") == 1  # only the script's own text
