@@ -1,6 +1,6 @@
 """Phase 3 on an existing run, timed, with the acceptance table of issue 13.
 
-    python benchmarks/phase3.py --root DIR --run-id ID [--steps design train evaluate]
+    python benchmarks/phase3.py --root DIR --run-id ID [--steps design train evaluate] [--report-only]
 
 Runs the optimize phase's library steps (design -> train every candidate and the reference -> evaluate) on a run
 that has finished training (and, for the Phase 2 annotations, the patterns phase), then prints, per model: family,
@@ -44,9 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True)
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--steps", nargs="+", default=["design", "train", "evaluate"])
+    parser.add_argument("--report-only", action="store_true", help="print the tables of a finished Phase 3 only")
     args = parser.parse_args(argv)
     store = RunStore(args.root, args.run_id)
     preset = run_preset(store)
+    if args.report_only:
+        names = ("phase3_candidates", "phase3_quality", "phase3_costs")
+        report({name: store.read_table(name) for name in names}, preset)
+        seconds = store.read_manifest()["phases"].get("optimize", {}).get("seconds")
+        print(f"optimize phase wall time in the run's manifest: {seconds} s (target <= 720)")
+        return 0
     isa = "avx512f" if "avx512f" in open("/proc/cpuinfo").read() else "avx2 or less"
     print(f"CPU: {cpu_model()} ({isa}), torch {torch.__version__}, {torch.get_num_threads()} threads")
     seconds = {}
