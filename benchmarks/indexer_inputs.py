@@ -46,8 +46,8 @@ def capture_indexer_inputs(model: torch.nn.Module, tokens: torch.Tensor) -> dict
         if indexer is None:
             continue
 
-        def project(h, cos, sin, _orig=indexer.project, _layer=layer):
-            q, k, w = _orig(h, cos, sin)
+        def project(h, state, _orig=indexer.project, _layer=layer):
+            q, k, w = _orig(h, state)
             out[_layer] = {"q": q.detach().clone(), "k": k.detach().clone(), "w": w.detach().clone()}
             return q, k, w
 
